@@ -1,0 +1,2 @@
+//! api-health: `GET /health` (liveness) and `GET /ready` (readiness).
+pub mod handler;

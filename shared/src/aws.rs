@@ -1,0 +1,93 @@
+//! AWS SDK configuration, built once per cold start.
+//!
+//! `aws-config` honours `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_<SERVICE>`), so the
+//! same binary talks to AWS or to the local AWS. Timeouts are explicit: without them
+//! a stalled connection to DynamoDB could hold an invocation until Lambda kills it.
+//! Retries use the standard mode (token-bucket retry quota, so retries back off as a
+//! whole during an outage) with few attempts: the caller's own deadline matters more
+//! than a last retry.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::config::{ConfigError, Env};
+
+/// Timeouts and retries for every AWS call of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub connect_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl AwsSettings {
+    /// `AWS_CONNECT_TIMEOUT_MS` (default 1000), `AWS_ATTEMPT_TIMEOUT_MS` (2000),
+    /// `AWS_OPERATION_TIMEOUT_MS` (5000), `AWS_MAX_ATTEMPTS` (3).
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let settings = Self {
+            connect_timeout: env.millis_or("AWS_CONNECT_TIMEOUT_MS", 1_000, 30_000)?,
+            attempt_timeout: env.millis_or("AWS_ATTEMPT_TIMEOUT_MS", 2_000, 60_000)?,
+            operation_timeout: env.millis_or("AWS_OPERATION_TIMEOUT_MS", 5_000, 900_000)?,
+            max_attempts: env.parse_or("AWS_MAX_ATTEMPTS", 3)?,
+        };
+        if settings.max_attempts == 0 || settings.max_attempts > 10 {
+            return Err(ConfigError::new(
+                "AWS_MAX_ATTEMPTS",
+                "must be between 1 and 10",
+            ));
+        }
+        if settings.attempt_timeout > settings.operation_timeout {
+            return Err(ConfigError::new(
+                "AWS_ATTEMPT_TIMEOUT_MS",
+                "must not exceed AWS_OPERATION_TIMEOUT_MS",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// Loads the shared SDK configuration (region, credentials, endpoint) with our
+/// timeouts and retry mode.
+pub async fn load_sdk_config(settings: AwsSettings) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(settings.connect_timeout)
+                .operation_attempt_timeout(settings.attempt_timeout)
+                .operation_timeout(settings.operation_timeout)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(settings.max_attempts)
+                .with_initial_backoff(Duration::from_millis(20)),
+        )
+        .load()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_bounded() {
+        let settings = AwsSettings::from_env(&Env::new(&[("X", "1")])).unwrap();
+        assert_eq!(settings.max_attempts, 3);
+        assert!(settings.attempt_timeout <= settings.operation_timeout);
+    }
+
+    #[test]
+    fn attempt_longer_than_operation_is_refused() {
+        let env = [
+            ("AWS_ATTEMPT_TIMEOUT_MS", "9000"),
+            ("AWS_OPERATION_TIMEOUT_MS", "1000"),
+        ];
+        let error = AwsSettings::from_env(&Env::new(&env)).unwrap_err();
+        assert_eq!(error.variable, "AWS_ATTEMPT_TIMEOUT_MS");
+    }
+}

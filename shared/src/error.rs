@@ -1,0 +1,286 @@
+//! The HTTP layer's error type and its RFC 9457 `application/problem+json` rendering.
+//!
+//! Every variant maps to exactly one status, one stable problem `type` and one
+//! retryability answer; the mapping is an exhaustive `match`, so a new variant does
+//! not compile until someone decides how it looks to the client. Unknown cases are
+//! never retryable by default. The `detail` a client sees is written for the client:
+//! causes that are internal (AWS error text, upstream bodies) stay in the logs.
+
+use http::StatusCode;
+use serde::Serialize;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+const PROBLEM_TYPE_PREFIX: &str = "urn:sophia:problem:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {reason}")]
+    MalformedJson { reason: String },
+    #[error("the request body nests deeper than {max_depth} levels")]
+    TooDeep { max_depth: usize },
+    #[error("invalid request: {reason}")]
+    InvalidRequest { reason: String },
+    #[error("the request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("no route matches {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
+    #[error("origin {origin:?} is not allowed")]
+    OriginNotAllowed { origin: String },
+    #[error("{dependency} is unavailable")]
+    DependencyUnavailable {
+        dependency: &'static str,
+        retry_after_secs: u32,
+    },
+    #[error("the request could not be completed before its deadline")]
+    DeadlineExceeded,
+    /// Readiness failed; `checks` (per-dependency status) travels in the problem.
+    #[error("not ready: {failing} unavailable")]
+    NotReady {
+        failing: String,
+        checks: serde_json::Value,
+    },
+    /// A bug or an unexpected state; `context` is logged, never sent.
+    #[error("internal error: {context}")]
+    Internal { context: String },
+}
+
+impl ApiError {
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal {
+            context: context.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson { .. } | Self::TooDeep { .. } | Self::InvalidRequest { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::DependencyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request may succeed if the client sends it again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::DependencyUnavailable { .. } | Self::DeadlineExceeded | Self::NotReady { .. } => {
+                true
+            }
+            Self::MalformedJson { .. }
+            | Self::TooDeep { .. }
+            | Self::InvalidRequest { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType
+            | Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::OriginNotAllowed { .. }
+            | Self::Internal { .. } => false,
+        }
+    }
+
+    /// The stable, documented problem type slug.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::MalformedJson { .. } => "malformed-json",
+            Self::TooDeep { .. } => "body-too-deep",
+            Self::InvalidRequest { .. } => "invalid-request",
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::RouteNotFound { .. } => "route-not-found",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::OriginNotAllowed { .. } => "origin-not-allowed",
+            Self::DependencyUnavailable { .. } => "dependency-unavailable",
+            Self::DeadlineExceeded => "deadline-exceeded",
+            Self::NotReady { .. } => "not-ready",
+            Self::Internal { .. } => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedJson { .. } => "Malformed JSON",
+            Self::TooDeep { .. } => "Request body nested too deeply",
+            Self::InvalidRequest { .. } => "Invalid request",
+            Self::PayloadTooLarge { .. } => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::RouteNotFound { .. } => "Not found",
+            Self::MethodNotAllowed { .. } => "Method not allowed",
+            Self::OriginNotAllowed { .. } => "Origin not allowed",
+            Self::DependencyUnavailable { .. } => "Service unavailable",
+            Self::DeadlineExceeded => "Deadline exceeded",
+            Self::NotReady { .. } => "Not ready",
+            Self::Internal { .. } => "Internal error",
+        }
+    }
+
+    /// What the client is told. Internal causes are replaced by a generic sentence.
+    fn public_detail(&self) -> String {
+        match self {
+            Self::Internal { .. } => {
+                "An unexpected error occurred; quote the correlation ID when reporting it."
+                    .to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Seconds the client should wait before retrying, when the error says so.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            Self::DependencyUnavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Self::DeadlineExceeded => Some(1),
+            Self::NotReady { .. } => Some(5),
+            _ => None,
+        }
+    }
+
+    /// Extra response headers the error implies (`Allow`, `Retry-After`).
+    pub fn headers(&self) -> Vec<(http::HeaderName, String)> {
+        let mut headers = Vec::new();
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            headers.push((http::header::ALLOW, allowed.clone()));
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            headers.push((http::header::RETRY_AFTER, secs.to_string()));
+        }
+        headers
+    }
+
+    pub fn to_problem(&self, correlation_id: &str, instance: Option<&str>) -> Problem {
+        Problem {
+            problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", self.slug()),
+            title: self.title().to_owned(),
+            status: self.status().as_u16(),
+            detail: self.public_detail(),
+            instance: instance.map(str::to_owned),
+            correlation_id: correlation_id.to_owned(),
+            retryable: self.is_retryable(),
+            checks: match self {
+                Self::NotReady { checks, .. } => Some(checks.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// An RFC 9457 problem document with Sophia's extension members.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub correlation_id: String,
+    pub retryable: bool,
+    /// Extension member of the `not-ready` problem: per-dependency status.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checks: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_variant() -> Vec<ApiError> {
+        vec![
+            ApiError::MalformedJson { reason: "x".into() },
+            ApiError::TooDeep { max_depth: 3 },
+            ApiError::invalid("x"),
+            ApiError::PayloadTooLarge { limit_bytes: 1 },
+            ApiError::UnsupportedMediaType,
+            ApiError::RouteNotFound {
+                method: "GET".into(),
+                path: "/x".into(),
+            },
+            ApiError::MethodNotAllowed {
+                method: "PUT".into(),
+                allowed: "GET".into(),
+            },
+            ApiError::OriginNotAllowed { origin: "o".into() },
+            ApiError::DependencyUnavailable {
+                dependency: "fleet",
+                retry_after_secs: 5,
+            },
+            ApiError::DeadlineExceeded,
+            ApiError::NotReady {
+                failing: "fleet:primary".into(),
+                checks: serde_json::json!([]),
+            },
+            ApiError::internal("boom"),
+        ]
+    }
+
+    #[test]
+    fn client_errors_are_never_retryable_and_are_4xx() {
+        for error in every_variant() {
+            if error.status().is_client_error() {
+                assert!(!error.is_retryable(), "{error:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn slugs_are_unique() {
+        let mut slugs: Vec<_> = every_variant().iter().map(ApiError::slug).collect();
+        slugs.sort_unstable();
+        let before = slugs.len();
+        slugs.dedup();
+        assert_eq!(before, slugs.len());
+    }
+
+    #[test]
+    fn internal_detail_never_leaks() {
+        let problem = ApiError::internal("DynamoDB said: ResourceNotFoundException arn:aws:...")
+            .to_problem("cid", None);
+        assert!(!problem.detail.contains("DynamoDB"));
+        assert!(!problem.detail.contains("arn:aws"));
+        assert_eq!(problem.status, 500);
+    }
+
+    #[test]
+    fn problem_carries_type_status_and_correlation_id() {
+        let problem = ApiError::UnsupportedMediaType.to_problem("abc-123", Some("/v1/x"));
+        let json = serde_json::to_value(&problem).unwrap();
+        assert_eq!(json["type"], "urn:sophia:problem:unsupported-media-type");
+        assert_eq!(json["status"], 415);
+        assert_eq!(json["correlation_id"], "abc-123");
+        assert_eq!(json["instance"], "/v1/x");
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let error = ApiError::DependencyUnavailable {
+            dependency: "fleet",
+            retry_after_secs: 7,
+        };
+        assert!(error.is_retryable());
+        assert!(
+            error
+                .headers()
+                .contains(&(http::header::RETRY_AFTER, "7".to_owned()))
+        );
+    }
+}

@@ -1,0 +1,787 @@
+//! The pipeline every API function runs its handler in.
+//!
+//! In order: request identity (correlation ID, trace, deadline) and a span around
+//! everything; CORS preflight against the allow-list; the body size limit; routing
+//! (unknown path → 404, wrong method → 405, both problem+json); the handler; then on
+//! every response, success or error, the security headers, the correlation ID, the
+//! CORS headers for allowed origins, one access log line and one EMF metric line.
+//! Handlers return `Result<Response, ApiError>` and never build error responses
+//! themselves, so every error looks the same to clients.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::config::{ConfigError, Env};
+use crate::error::{ApiError, PROBLEM_CONTENT_TYPE};
+use crate::observability::{self, MetricSet, RequestContext, TraceContext};
+
+pub const METRICS_NAMESPACE: &str = "Sophia";
+/// JSON bodies deeper than this are rejected before deserialization: no request
+/// schema of ours nests this far, and deep nesting is a cheap way to burn CPU.
+pub const MAX_JSON_DEPTH: usize = 32;
+const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+const CORS_ALLOWED_HEADERS: &str =
+    "authorization, content-type, idempotency-key, prefer, traceparent, x-correlation-id";
+const CORS_MAX_AGE_SECS: &str = "600";
+
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains; preload",
+    ),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+/// Per-function HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpPolicy {
+    /// The function's name, used as the `Service` metric dimension.
+    pub service: &'static str,
+    /// Exact origins (`https://app.example.com`) allowed to call from a browser.
+    pub cors_allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    /// Time budget when no Lambda deadline is known (tests, local tools).
+    pub default_budget: Duration,
+}
+
+impl HttpPolicy {
+    /// Reads `CORS_ALLOWED_ORIGINS` (comma-separated exact origins) and `MAX_BODY_BYTES`.
+    pub fn from_env(service: &'static str, env: &Env<'_>) -> Result<Self, ConfigError> {
+        let origins = env.list("CORS_ALLOWED_ORIGINS");
+        for origin in &origins {
+            let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && !origin.contains('*');
+            if !valid {
+                return Err(ConfigError::new(
+                    "CORS_ALLOWED_ORIGINS",
+                    format!("{origin:?} is not an exact origin like https://app.example.com"),
+                ));
+            }
+        }
+        let max_body_bytes = env.parse_or("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?;
+        if max_body_bytes == 0 || max_body_bytes > 6 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "MAX_BODY_BYTES",
+                "must be between 1 and 6291456 (Lambda's payload limit)",
+            ));
+        }
+        Ok(Self {
+            service,
+            cors_allowed_origins: origins,
+            max_body_bytes,
+            default_budget: Duration::from_secs(10),
+        })
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        self.cors_allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+    }
+}
+
+/// One route of a function: method, path template (`/v1/jobs/{id}`) and the
+/// handler's own identifier for it.
+#[derive(Debug, Clone)]
+pub struct Route<R> {
+    pub method: Method,
+    pub template: &'static str,
+    pub id: R,
+}
+
+impl<R> Route<R> {
+    pub const fn new(method: Method, template: &'static str, id: R) -> Self {
+        Self {
+            method,
+            template,
+            id,
+        }
+    }
+}
+
+/// A request after the pipeline's checks: routed, size-checked, with identity.
+#[derive(Debug)]
+pub struct ApiRequest<R> {
+    pub route: R,
+    pub template: &'static str,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub query: Option<String>,
+    pub body: Bytes,
+    pub params: Vec<(&'static str, String)>,
+    pub ctx: RequestContext,
+}
+
+impl<R> ApiRequest<R> {
+    /// A path parameter by its template name.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body as `T`: requires a JSON content type, bounded nesting, and valid,
+    /// well-typed JSON (types use `deny_unknown_fields` to reject unknown fields).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if !is_json_content_type(content_type) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&self.body)
+    }
+}
+
+fn is_json_content_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON body with the nesting limit; errors are client errors (4xx).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedJson {
+            reason: "the body is empty".to_owned(),
+        });
+    }
+    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(ApiError::TooDeep {
+            max_depth: MAX_JSON_DEPTH,
+        });
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ApiError::InvalidRequest {
+                reason: error.to_string(),
+            },
+            Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedJson {
+                reason: error.to_string(),
+            },
+        }
+    })
+}
+
+/// True when arrays/objects nest deeper than `max` (brackets inside strings ignored).
+/// Linear and allocation-free, so hostile input is rejected before serde sees it.
+pub fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A JSON response with the given status.
+pub fn json_response<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|error| ApiError::internal(format!("serializing a response: {error}")))?;
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Binary(body))
+        .map_err(|error| ApiError::internal(format!("building a response: {error}")))
+}
+
+/// The request path as the client sent it, without the API Gateway stage.
+fn request_path(request: &Request) -> String {
+    let raw = request.raw_http_path();
+    let path = if raw.is_empty() {
+        request.uri().path()
+    } else {
+        raw
+    };
+    if path.len() > 1 {
+        path.trim_end_matches('/').to_owned()
+    } else {
+        "/".to_owned()
+    }
+}
+
+enum RouteMatch<R> {
+    Found(R, &'static str, Vec<(&'static str, String)>),
+    WrongMethod(String),
+    Missing,
+}
+
+fn match_route<R: Copy>(routes: &[Route<R>], method: &Method, path: &str) -> RouteMatch<R> {
+    let mut allowed: Vec<&str> = Vec::new();
+    for route in routes {
+        let Some(params) = match_template(route.template, path) else {
+            continue;
+        };
+        if route.method == *method {
+            return RouteMatch::Found(route.id, route.template, params);
+        }
+        allowed.push(route.method.as_str());
+    }
+    if allowed.is_empty() {
+        RouteMatch::Missing
+    } else {
+        allowed.dedup();
+        RouteMatch::WrongMethod(allowed.join(", "))
+    }
+}
+
+fn match_template(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut params = Vec::new();
+    let mut template_parts = template.split('/');
+    let mut path_parts = path.split('/');
+    loop {
+        match (template_parts.next(), path_parts.next()) {
+            (None, None) => return Some(params),
+            (Some(t), Some(p)) => {
+                if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                    if p.is_empty() {
+                        return None;
+                    }
+                    params.push((name, p.to_owned()));
+                } else if t != p {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Runs `handler` for `request` inside the pipeline. Never fails: every outcome is
+/// an HTTP response.
+pub async fn serve<R, F, Fut>(
+    policy: &HttpPolicy,
+    routes: &[Route<R>],
+    request: Request,
+    handler: F,
+) -> Response<Body>
+where
+    R: Copy,
+    F: FnOnce(ApiRequest<R>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ApiError>>,
+{
+    let started = Instant::now();
+    let lambda = request.lambda_context_ref();
+    let request_id = lambda
+        .map(|context| context.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let deadline = observability::deadline_from_epoch_ms(
+        lambda.map(|context| context.deadline).unwrap_or(0),
+        policy.default_budget,
+    );
+    let xray = lambda.and_then(|context| context.xray_trace_id.clone());
+    let ctx = RequestContext {
+        request_id,
+        correlation_id: observability::correlation_id(request.headers()),
+        trace: TraceContext::from_headers(request.headers(), xray.as_deref()),
+        deadline,
+    };
+    let method = request.method().clone();
+    let path = request_path(&request);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %ctx.request_id,
+        correlation_id = %ctx.correlation_id,
+        trace_id = %ctx.trace.trace_id,
+        method = %method,
+        path = %path,
+    );
+    let correlation_id = ctx.correlation_id.clone();
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+
+    async move {
+        let (template, outcome) = route_and_handle(policy, routes, request, ctx, handler).await;
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(error) => problem_response(&error, &correlation_id, &path),
+        };
+        finish(policy, &mut response, &correlation_id, origin.as_deref());
+        let status = response.status().as_u16();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(status, latency_ms, route = template, "request completed");
+        MetricSet::new(METRICS_NAMESPACE)
+            .dimension("Service", policy.service)
+            .dimension("Route", template)
+            .count("Requests", 1.0)
+            .count("Errors", f64::from(u8::from(status >= 500)))
+            .count(
+                "ClientErrors",
+                f64::from(u8::from((400..500).contains(&status))),
+            )
+            .millis("Latency", latency_ms)
+            .property("status", status)
+            .property("correlation_id", correlation_id.as_str())
+            .emit();
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Preflight, size limit, routing and the handler. Returns the metric route label
+/// (the template, or a fixed word so unknown paths cannot explode cardinality).
+async fn route_and_handle<R, F, Fut>(
+    policy: &HttpPolicy,
+    routes: &[Route<R>],
+    request: Request,
+    ctx: RequestContext,
+    handler: F,
+) -> (&'static str, Result<Response<Body>, ApiError>)
+where
+    R: Copy,
+    F: FnOnce(ApiRequest<R>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, ApiError>>,
+{
+    let method = request.method().clone();
+    let path = request_path(&request);
+    let is_preflight = method == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if is_preflight {
+        return ("preflight", preflight(policy, routes, &request, &path));
+    }
+    if request.body().len() > policy.max_body_bytes {
+        return (
+            "rejected",
+            Err(ApiError::PayloadTooLarge {
+                limit_bytes: policy.max_body_bytes,
+            }),
+        );
+    }
+    let (route, template, params) = match match_route(routes, &method, &path) {
+        RouteMatch::Found(route, template, params) => (route, template, params),
+        RouteMatch::WrongMethod(allowed) => {
+            let error = ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                allowed,
+            };
+            return ("unmatched", Err(error));
+        }
+        RouteMatch::Missing => {
+            let error = ApiError::RouteNotFound {
+                method: method.to_string(),
+                path,
+            };
+            return ("unmatched", Err(error));
+        }
+    };
+    let query = request.uri().query().map(str::to_owned);
+    let (parts, body) = request.into_parts();
+    let body = match body {
+        Body::Empty => Bytes::new(),
+        Body::Text(text) => Bytes::from(text),
+        Body::Binary(bytes) => Bytes::from(bytes),
+        _ => Bytes::new(),
+    };
+    let api_request = ApiRequest {
+        route,
+        template,
+        method,
+        path,
+        headers: parts.headers,
+        query,
+        body,
+        params,
+        ctx,
+    };
+    (template, handler(api_request).await)
+}
+
+fn preflight<R: Copy>(
+    policy: &HttpPolicy,
+    routes: &[Route<R>],
+    request: &Request,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !policy.origin_allowed(origin) {
+        return Err(ApiError::OriginNotAllowed {
+            origin: origin.chars().take(100).collect(),
+        });
+    }
+    let mut methods: Vec<&str> = routes
+        .iter()
+        .filter(|route| match_template(route.template, path).is_some())
+        .map(|route| route.method.as_str())
+        .collect();
+    if methods.is_empty() {
+        return Err(ApiError::RouteNotFound {
+            method: "OPTIONS".to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    methods.dedup();
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, methods.join(", "))
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, CORS_ALLOWED_HEADERS)
+        .header(header::ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE_SECS)
+        .body(Body::Empty)
+        .map_err(|error| ApiError::internal(format!("building a preflight response: {error}")))
+}
+
+/// The problem+json response for an error; logs internal causes at error level.
+pub fn problem_response(error: &ApiError, correlation_id: &str, path: &str) -> Response<Body> {
+    if error.status().is_server_error() {
+        tracing::error!(error = %error, problem = error.slug(), "request failed");
+    } else {
+        tracing::info!(error = %error, problem = error.slug(), "request rejected");
+    }
+    let problem = error.to_problem(correlation_id, Some(path));
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut response = Response::new(Body::Binary(body));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
+    for (name, value) in error.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+fn finish(
+    policy: &HttpPolicy,
+    response: &mut Response<Body>,
+    correlation_id: &str,
+    origin: Option<&str>,
+) {
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(correlation_id) {
+        headers.insert(
+            HeaderName::from_static(observability::CORRELATION_HEADER),
+            value,
+        );
+    }
+    // Caches must not serve one origin's CORS answer to another.
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin.filter(|origin| policy.origin_allowed(origin))
+        && let Ok(value) = HeaderValue::from_str(origin)
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-correlation-id, retry-after"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Id {
+        List,
+        Get,
+        Create,
+    }
+
+    const ROUTES: [Route<Id>; 3] = [
+        Route::new(Method::GET, "/v1/things", Id::List),
+        Route::new(Method::POST, "/v1/things", Id::Create),
+        Route::new(Method::GET, "/v1/things/{id}", Id::Get),
+    ];
+
+    fn policy() -> HttpPolicy {
+        HttpPolicy {
+            service: "test",
+            cors_allowed_origins: vec!["https://app.example.com".to_owned()],
+            max_body_bytes: 64,
+            default_budget: Duration::from_secs(1),
+        }
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request {
+        let mut builder = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::from(body)).unwrap()
+    }
+
+    async fn echo(req: Request) -> Response<Body> {
+        serve(&policy(), &ROUTES, req, |api| async move {
+            let value = match api.route {
+                Id::Create => api.json::<serde_json::Value>()?,
+                Id::Get => serde_json::json!({ "id": api.param("id") }),
+                Id::List => serde_json::json!([]),
+            };
+            json_response(StatusCode::OK, &value)
+        })
+        .await
+    }
+
+    fn problem(response: &Response<Body>) -> serde_json::Value {
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            PROBLEM_CONTENT_TYPE
+        );
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[test]
+    fn templates_match_segments() {
+        assert!(match_template("/v1/things/{id}", "/v1/things/42").is_some());
+        assert!(match_template("/v1/things/{id}", "/v1/things").is_none());
+        assert!(match_template("/v1/things/{id}", "/v1/things/42/x").is_none());
+        assert!(match_template("/v1/things/{id}", "/v1/things/").is_none());
+    }
+
+    #[tokio::test]
+    async fn routes_and_extracts_params() {
+        let response = echo(request("GET", "/v1/things/abc/", &[], "")).await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["id"], "abc");
+    }
+
+    #[tokio::test]
+    async fn every_response_has_security_headers_and_correlation_id() {
+        for req in [
+            request("GET", "/v1/things", &[], ""),
+            request("GET", "/nope", &[], ""),
+            request(
+                "POST",
+                "/v1/things",
+                &[("content-type", "application/json")],
+                "{",
+            ),
+        ] {
+            let response = echo(req).await;
+            for (name, value) in SECURITY_HEADERS {
+                assert_eq!(response.headers()[name], value);
+            }
+            assert!(response.headers().contains_key("x-correlation-id"));
+        }
+    }
+
+    #[tokio::test]
+    async fn correlation_id_is_echoed() {
+        let response = echo(request(
+            "GET",
+            "/v1/things",
+            &[("x-correlation-id", "abc-1")],
+            "",
+        ))
+        .await;
+        assert_eq!(response.headers()["x-correlation-id"], "abc-1");
+    }
+
+    #[tokio::test]
+    async fn unknown_route_is_404_problem() {
+        let response = echo(request(
+            "GET",
+            "/v2/nothing",
+            &[("x-correlation-id", "c-9")],
+            "",
+        ))
+        .await;
+        assert_eq!(response.status(), 404);
+        let body = problem(&response);
+        assert_eq!(body["type"], "urn:sophia:problem:route-not-found");
+        assert_eq!(body["correlation_id"], "c-9");
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405_with_allow() {
+        let response = echo(request("DELETE", "/v1/things", &[], "")).await;
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        problem(&response);
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400() {
+        let json = [("content-type", "application/json")];
+        let response = echo(request("POST", "/v1/things", &json, "{\"a\":")).await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            problem(&response)["type"],
+            "urn:sophia:problem:malformed-json"
+        );
+    }
+
+    #[tokio::test]
+    async fn deep_json_is_400() {
+        let json = [("content-type", "application/json")];
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        let response = serve(
+            &HttpPolicy {
+                max_body_bytes: 1000,
+                ..policy()
+            },
+            &ROUTES,
+            request("POST", "/v1/things", &json, &deep),
+            |api| async move { json_response(StatusCode::OK, &api.json::<serde_json::Value>()?) },
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            problem(&response)["type"],
+            "urn:sophia:problem:body-too-deep"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_413() {
+        let json = [("content-type", "application/json")];
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
+        let response = echo(request("POST", "/v1/things", &json, &big)).await;
+        assert_eq!(response.status(), 413);
+        problem(&response);
+    }
+
+    #[tokio::test]
+    async fn wrong_content_type_is_415() {
+        let text = [("content-type", "text/plain")];
+        let response = echo(request("POST", "/v1/things", &text, "{}")).await;
+        assert_eq!(response.status(), 415);
+        problem(&response);
+    }
+
+    #[tokio::test]
+    async fn cors_allows_listed_origins_only() {
+        let ok = echo(request(
+            "GET",
+            "/v1/things",
+            &[("origin", "https://app.example.com")],
+            "",
+        ))
+        .await;
+        assert_eq!(
+            ok.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example.com"
+        );
+        let evil = echo(request(
+            "GET",
+            "/v1/things",
+            &[("origin", "https://evil.example")],
+            "",
+        ))
+        .await;
+        assert!(
+            !evil
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+    }
+
+    #[tokio::test]
+    async fn preflight_answers_allowed_origins_and_refuses_others() {
+        let preflight_headers = |origin: &'static str| {
+            [
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+            ]
+        };
+        let ok = echo(request(
+            "OPTIONS",
+            "/v1/things",
+            &preflight_headers("https://app.example.com"),
+            "",
+        ))
+        .await;
+        assert_eq!(ok.status(), 204);
+        assert_eq!(
+            ok.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
+            "GET, POST"
+        );
+        let refused = echo(request(
+            "OPTIONS",
+            "/v1/things",
+            &preflight_headers("https://evil.example"),
+            "",
+        ))
+        .await;
+        assert_eq!(refused.status(), 403);
+        assert!(
+            !refused
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+        problem(&refused);
+    }
+
+    #[test]
+    fn depth_scanner_ignores_brackets_in_strings() {
+        assert!(!json_depth_exceeds(br#"{"a":"[[[[[[[[[[[[["}"#, 2));
+        assert!(json_depth_exceeds(b"[[[", 2));
+        assert!(!json_depth_exceeds(br#"{"a\"[[[":[1]}"#, 2));
+    }
+
+    #[test]
+    fn policy_rejects_wildcard_origins() {
+        let env = [("CORS_ALLOWED_ORIGINS", "https://ok.example, *")];
+        assert!(HttpPolicy::from_env("t", &Env::new(&env)).is_err());
+        let env = [("MAX_BODY_BYTES", "0")];
+        assert!(HttpPolicy::from_env("t", &Env::new(&env)).is_err());
+    }
+}

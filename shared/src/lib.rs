@@ -1,0 +1,17 @@
+//! What every Sophia function shares.
+//!
+//! - [`config`]: typed configuration from the environment, failing fast at cold start;
+//! - [`error`]: the HTTP layer's error type and RFC 9457 problem documents;
+//! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
+//! - [`http`]: the pipeline every API function runs its handler in;
+//! - [`aws`]: SDK configuration with explicit timeouts and retries;
+//! - [`outbound`]: the one client for outbound HTTP.
+
+pub mod aws;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod observability;
+pub mod outbound;
+
+pub use error::ApiError;

@@ -1,0 +1,374 @@
+//! Structured JSON logs, request identity (request ID, correlation ID, trace) and
+//! CloudWatch Embedded Metric Format output.
+//!
+//! Every log line written inside a request span carries `request_id`,
+//! `correlation_id` and `trace_id` (via the span list of the JSON formatter), so
+//! CloudWatch Logs Insights can follow one request across functions.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use serde_json::{Map, Value, json};
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const XRAY_HEADER: &str = "x-amzn-trace-id";
+const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// Installs the JSON log subscriber once per cold start. The level comes from
+/// `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
+        .map(|level| level.to_ascii_lowercase())
+        .unwrap_or_else(|| "info".to_owned());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_current_span(false)
+        .with_span_list(true)
+        .flatten_event(true)
+        .with_target(false)
+        .with_writer(std::io::stdout)
+        .finish();
+    // A second init (tests, or a library calling it twice) keeps the first subscriber.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// W3C trace context of the current request: the trace ID we continue (or start)
+/// and the span ID we present as parent to anything we call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits: this function's span.
+    pub span_id: String,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the caller's trace from `traceparent`, else from the X-Ray header
+    /// (API Gateway's or the Lambda runtime's), else starts a new one.
+    pub fn from_headers(headers: &HeaderMap, xray_fallback: Option<&str>) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        if let Some(parsed) = header(TRACEPARENT_HEADER).and_then(parse_traceparent) {
+            return parsed;
+        }
+        if let Some(parsed) = header(XRAY_HEADER).or(xray_fallback).and_then(parse_xray) {
+            return parsed;
+        }
+        Self {
+            trace_id: random_hex(16),
+            span_id: random_hex(8),
+            sampled: false,
+        }
+    }
+
+    /// The `traceparent` value to send downstream: same trace, our span as parent.
+    pub fn traceparent(&self) -> String {
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    }
+}
+
+fn is_lower_hex(value: &str, len: usize) -> bool {
+    value.len() == len
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parse_traceparent(value: &str) -> Option<TraceContext> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, _parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if version != "00" || !is_lower_hex(trace_id, 32) || all_zero(trace_id) {
+        return None;
+    }
+    if !is_lower_hex(flags, 2) {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some(TraceContext {
+        trace_id: trace_id.to_owned(),
+        span_id: random_hex(8),
+        sampled,
+    })
+}
+
+/// `Root=1-5759e988-bd862e3fe1be46a994272793;Parent=…;Sampled=1`: the X-Ray root's
+/// epoch and unique parts concatenated are exactly a W3C trace ID.
+fn parse_xray(value: &str) -> Option<TraceContext> {
+    let mut root = None;
+    let mut sampled = false;
+    for field in value.split(';') {
+        match field.trim().split_once('=') {
+            Some(("Root", v)) => root = Some(v),
+            Some(("Sampled", v)) => sampled = v == "1",
+            _ => {}
+        }
+    }
+    let mut parts = root?.split('-');
+    let (version, epoch, unique) = (parts.next()?, parts.next()?, parts.next()?);
+    if version != "1" || !is_lower_hex(epoch, 8) || !is_lower_hex(unique, 24) {
+        return None;
+    }
+    Some(TraceContext {
+        trace_id: format!("{epoch}{unique}"),
+        span_id: random_hex(8),
+        sampled,
+    })
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let _ = write!(out, "{:02x}", fastrand::u8(..));
+    }
+    // An all-zero ID is invalid in W3C trace context.
+    if out.bytes().all(|b| b == b'0') {
+        out.replace_range(out.len() - 1.., "1");
+    }
+    out
+}
+
+/// The caller's correlation ID if it is safe to log and echo, else a new one.
+/// Anything else (too long, control characters, spaces) is replaced rather than
+/// echoed: header values end up in logs and in other services' headers.
+pub fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get(CORRELATION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| is_safe_id(value))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn is_safe_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_CORRELATION_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Who a request is, for logs, metrics and downstream propagation.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    pub trace: TraceContext,
+    /// When the invocation must have answered (Lambda's deadline); calls made on
+    /// behalf of this request must finish before it.
+    pub deadline: std::time::Instant,
+}
+
+impl RequestContext {
+    /// Time left before the deadline, minus `margin` for writing the answer.
+    pub fn remaining(&self, margin: Duration) -> Duration {
+        self.deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(margin)
+    }
+}
+
+/// Converts Lambda's deadline (epoch milliseconds) into an `Instant`. A missing or
+/// past deadline (tests, local tools) falls back to `default_budget` from now.
+pub fn deadline_from_epoch_ms(deadline_ms: u64, default_budget: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if deadline_ms > now_ms {
+        now + Duration::from_millis(deadline_ms - now_ms)
+    } else {
+        now + default_budget
+    }
+}
+
+/// One CloudWatch EMF document: metrics under a namespace with one dimension set,
+/// plus properties that are searchable in Logs Insights but are not dimensions.
+#[derive(Debug, Clone)]
+pub struct MetricSet {
+    namespace: &'static str,
+    dimensions: Vec<(&'static str, String)>,
+    metrics: Vec<(&'static str, &'static str, f64)>,
+    properties: Map<String, Value>,
+}
+
+impl MetricSet {
+    pub fn new(namespace: &'static str) -> Self {
+        Self {
+            namespace,
+            dimensions: Vec::new(),
+            metrics: Vec::new(),
+            properties: Map::new(),
+        }
+    }
+
+    pub fn dimension(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.dimensions.push((name, value.into()));
+        self
+    }
+
+    pub fn count(mut self, name: &'static str, value: f64) -> Self {
+        self.metrics.push((name, "Count", value));
+        self
+    }
+
+    pub fn millis(mut self, name: &'static str, value: f64) -> Self {
+        self.metrics.push((name, "Milliseconds", value));
+        self
+    }
+
+    pub fn property(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.properties.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The EMF JSON document, e.g. for tests.
+    pub fn to_json(&self) -> Value {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut root = self.properties.clone();
+        for (name, value) in &self.dimensions {
+            root.insert((*name).to_owned(), Value::String(value.clone()));
+        }
+        for (name, _, value) in &self.metrics {
+            root.insert((*name).to_owned(), json!(value));
+        }
+        let dimension_names: Vec<&str> = self.dimensions.iter().map(|(name, _)| *name).collect();
+        let definitions: Vec<Value> = self
+            .metrics
+            .iter()
+            .map(|(name, unit, _)| json!({ "Name": name, "Unit": unit }))
+            .collect();
+        root.insert(
+            "_aws".to_owned(),
+            json!({
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": [dimension_names],
+                    "Metrics": definitions,
+                }],
+            }),
+        );
+        Value::Object(root)
+    }
+
+    /// Writes the document as one stdout line, where the Lambda log agent picks it up.
+    pub fn emit(&self) {
+        let line = self.to_json().to_string();
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn traceparent_is_continued() {
+        let h = headers(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        let trace = TraceContext::from_headers(&h, None);
+        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(trace.sampled);
+        assert_ne!(trace.span_id, "00f067aa0ba902b7");
+        assert!(
+            trace
+                .traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+    }
+
+    #[test]
+    fn xray_root_becomes_the_trace_id() {
+        let h = headers(&[(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+        )]);
+        let trace = TraceContext::from_headers(&h, None);
+        assert_eq!(trace.trace_id, "5759e988bd862e3fe1be46a994272793");
+    }
+
+    #[test]
+    fn invalid_trace_headers_start_a_new_trace() {
+        let h = headers(&[
+            (
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            ),
+            ("x-amzn-trace-id", "Root=garbage"),
+        ]);
+        let trace = TraceContext::from_headers(&h, None);
+        assert!(is_lower_hex(&trace.trace_id, 32));
+        assert!(is_lower_hex(&trace.span_id, 16));
+    }
+
+    #[test]
+    fn safe_correlation_ids_are_kept_and_unsafe_ones_replaced() {
+        assert_eq!(
+            correlation_id(&headers(&[(CORRELATION_HEADER, "req-42.a:b")])),
+            "req-42.a:b"
+        );
+        let long = "a".repeat(200);
+        for bad in ["has space", "quote\"", long.as_str()] {
+            let id = correlation_id(&headers(&[(CORRELATION_HEADER, bad)]));
+            assert_ne!(id, bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok());
+        }
+        assert!(uuid::Uuid::parse_str(&correlation_id(&HeaderMap::new())).is_ok());
+    }
+
+    #[test]
+    fn emf_document_declares_its_metrics_and_dimensions() {
+        let doc = MetricSet::new("Sophia")
+            .dimension("Service", "api-health")
+            .dimension("Route", "GET /health")
+            .count("Requests", 1.0)
+            .millis("Latency", 2.5)
+            .property("correlation_id", "c1")
+            .to_json();
+        assert_eq!(doc["Service"], "api-health");
+        assert_eq!(doc["Requests"], 1.0);
+        assert_eq!(doc["Latency"], 2.5);
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "Sophia");
+        assert_eq!(directive["Dimensions"][0], json!(["Service", "Route"]));
+        assert_eq!(
+            directive["Metrics"][1],
+            json!({"Name": "Latency", "Unit": "Milliseconds"})
+        );
+        assert!(doc["_aws"]["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn deadline_falls_back_when_absent() {
+        let deadline = deadline_from_epoch_ms(0, Duration::from_secs(3));
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(left > Duration::from_secs(2) && left <= Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,185 @@
+//! The one place that makes outbound HTTP calls.
+//!
+//! Clippy's `disallowed-methods` forbids building a reqwest client anywhere else, so
+//! every call gets connection reuse (one pool per cold start), a connect timeout, a
+//! per-call timeout that never outlives the invocation, and trace/correlation
+//! propagation.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::config::{ConfigError, Env};
+use crate::observability::{CORRELATION_HEADER, RequestContext, TRACEPARENT_HEADER};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundSettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+impl OutboundSettings {
+    /// `OUTBOUND_CONNECT_TIMEOUT_MS` (default 500) and `OUTBOUND_POOL_IDLE_MS` (default
+    /// 50000, below the fleet's usual keep-alive so we never reuse a socket the server
+    /// has just closed).
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            connect_timeout: env.millis_or("OUTBOUND_CONNECT_TIMEOUT_MS", 500, 10_000)?,
+            pool_idle_timeout: env.millis_or("OUTBOUND_POOL_IDLE_MS", 50_000, 600_000)?,
+        })
+    }
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(500),
+            pool_idle_timeout: Duration::from_secs(50),
+        }
+    }
+}
+
+/// Why an outbound call failed. Retryability is decided here once, for everyone.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("building the HTTP client failed: {0}")]
+    Build(String),
+    #[error("could not connect")]
+    Connect,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("no time left before the invocation deadline")]
+    NoTimeLeft,
+    #[error("answered with status {0}")]
+    Status(StatusCode),
+    #[error("the connection failed mid-request")]
+    Transport,
+}
+
+impl OutboundError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect | Self::Timeout(_) | Self::Transport => true,
+            Self::Status(status) => matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            Self::Build(_) | Self::NoTimeLeft => false,
+        }
+    }
+
+    /// A short, stable word for logs, metrics and readiness output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Build(_) => "client_error",
+            Self::Connect => "unreachable",
+            Self::Timeout(_) | Self::NoTimeLeft => "timeout",
+            Self::Status(_) => "bad_status",
+            Self::Transport => "transport",
+        }
+    }
+
+    fn from_reqwest(error: &reqwest::Error, timeout: Duration) -> Self {
+        if error.is_timeout() {
+            Self::Timeout(timeout)
+        } else if error.is_connect() {
+            Self::Connect
+        } else {
+            Self::Transport
+        }
+    }
+}
+
+/// A reusable HTTP client; clone freely (clones share the connection pool).
+#[derive(Debug, Clone)]
+pub struct OutboundClient {
+    http: reqwest::Client,
+}
+
+impl OutboundClient {
+    // The single sanctioned construction of a reqwest client (see clippy.toml).
+    #[allow(clippy::disallowed_methods)]
+    pub fn new(settings: OutboundSettings) -> Result<Self, OutboundError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("sophia-functions/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| OutboundError::Build(error.to_string()))?;
+        Ok(Self { http })
+    }
+
+    /// `GET url`, successful only on a 2xx status, within `timeout` and within the
+    /// request's deadline when there is one. Used by readiness checks and probes.
+    pub async fn get_ok(
+        &self,
+        url: &str,
+        timeout: Duration,
+        ctx: Option<&RequestContext>,
+    ) -> Result<StatusCode, OutboundError> {
+        let timeout = match ctx {
+            Some(ctx) => timeout.min(ctx.remaining(Duration::from_millis(50))),
+            None => timeout,
+        };
+        if timeout.is_zero() {
+            return Err(OutboundError::NoTimeLeft);
+        }
+        let mut request = self.http.get(url).timeout(timeout);
+        if let Some(ctx) = ctx {
+            request = request
+                .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
+                .header(CORRELATION_HEADER, ctx.correlation_id.as_str());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(status)
+        } else {
+            Err(OutboundError::Status(status))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses_only() {
+        for (code, retryable) in [
+            (429, true),
+            (503, true),
+            (502, true),
+            (400, false),
+            (401, false),
+            (500, false),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                OutboundError::Status(status).is_retryable(),
+                retryable,
+                "{code}"
+            );
+        }
+        assert!(!OutboundError::NoTimeLeft.is_retryable());
+        assert!(OutboundError::Connect.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let client = OutboundClient::new(OutboundSettings::default()).unwrap();
+        let error = client
+            .get_ok(
+                &format!("http://127.0.0.1:{port}/health"),
+                Duration::from_secs(1),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), "unreachable");
+    }
+}
