@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 
 use crate::config::{ConfigError, Env};
 
@@ -53,7 +53,14 @@ impl AwsSettings {
 /// Loads the shared SDK configuration (region, credentials, endpoint) with our
 /// timeouts and retry mode.
 pub async fn load_sdk_config(settings: AwsSettings) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    configure(aws_config::defaults(BehaviorVersion::latest()), settings)
+        .load()
+        .await
+}
+
+/// Applies our timeouts and retry mode to a loader (tests add their endpoint first).
+pub fn configure(loader: ConfigLoader, settings: AwsSettings) -> ConfigLoader {
+    loader
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(settings.connect_timeout)
@@ -66,8 +73,6 @@ pub async fn load_sdk_config(settings: AwsSettings) -> SdkConfig {
                 .with_max_attempts(settings.max_attempts)
                 .with_initial_backoff(Duration::from_millis(20)),
         )
-        .load()
-        .await
 }
 
 #[cfg(test)]

@@ -53,6 +53,12 @@ impl Source for [(&str, &str)] {
     }
 }
 
+impl Source for Vec<(&str, &str)> {
+    fn get(&self, name: &str) -> Option<String> {
+        Source::get(self.as_slice(), name)
+    }
+}
+
 impl<const N: usize> Source for [(&str, &str); N] {
     fn get(&self, name: &str) -> Option<String> {
         Source::get(self.as_slice(), name)

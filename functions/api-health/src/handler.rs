@@ -266,10 +266,49 @@ mod tests {
     fn config_names_missing_variables() {
         for missing in ["STATE_TABLE", "JOBS_QUEUE_URL", "FLEET_ENDPOINTS"] {
             let vars: Vec<_> = env().into_iter().filter(|(k, _)| *k != missing).collect();
-            let error = HealthConfig::from_env(&Env::new(vars.as_slice())).unwrap_err();
+            let error = HealthConfig::from_env(&Env::new(&vars)).unwrap_err();
             assert_eq!(error.variable, missing);
         }
-        assert!(HealthConfig::from_env(&Env::new(env().as_slice())).is_ok());
+        assert!(HealthConfig::from_env(&Env::new(&env())).is_ok());
+    }
+
+    /// The same files `cargo lambda invoke --data-file` uses; none of these needs I/O.
+    #[tokio::test]
+    async fn sample_events_get_their_documented_answers() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let config = HealthConfig::from_env(&Env::new(&env())).unwrap();
+        let deps = Deps::new(config, &sdk).unwrap();
+        for (file, status, problem) in [
+            ("health.json", 200, None),
+            ("unknown-route.json", 404, Some("route-not-found")),
+            ("wrong-method.json", 405, Some("method-not-allowed")),
+            ("oversized-body.json", 413, Some("payload-too-large")),
+        ] {
+            let path = format!(
+                "{}/../../events/api-health/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let event = std::fs::read_to_string(&path).unwrap();
+            let request = lambda_http::request::from_str(&event).unwrap();
+            let response = handle(&deps, request).await;
+            assert_eq!(response.status(), status, "{file}");
+            assert!(
+                response.headers().contains_key("x-correlation-id"),
+                "{file}"
+            );
+            assert_eq!(response.headers()["x-frame-options"], "DENY", "{file}");
+            if let Some(slug) = problem {
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/problem+json"
+                );
+                let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+                assert_eq!(body["type"], format!("urn:sophia:problem:{slug}"), "{file}");
+            }
+        }
     }
 
     #[tokio::test]

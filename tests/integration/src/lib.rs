@@ -1,1 +1,196 @@
+//! Test harness: a local AWS (moto server on 127.0.0.1) started once per test
+//! binary and provisioned from `infra/template.yaml` per test under a unique stack
+//! name; fleet simulators started in-process on free ports; sample events loaded
+//! from `events/`.
+//!
+//! The moto server is a child that exits when its stdin closes, so it never
+//! outlives the test process, however that ends.
 
+// A test-support crate: failing loudly with a message is the right behaviour here.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use serde_json::Value;
+use sophia_shared::aws::{AwsSettings, configure};
+use sophia_shared::config::Env;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The Python of the repo's tool environment (`make setup`), or `SOPHIA_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Ok(path) = std::env::var("SOPHIA_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let path = workspace_root().join(".venv/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make setup` (it installs moto and the other pinned tools)",
+        path.display()
+    );
+    path
+}
+
+pub struct LocalAws {
+    pub endpoint: String,
+    // Held for the process lifetime: its stdin pipe keeps the server alive.
+    _child: Mutex<Child>,
+}
+
+static LOCAL_AWS: OnceLock<LocalAws> = OnceLock::new();
+
+/// The local AWS shared by every test of this binary, started on first use.
+pub fn local_aws() -> &'static LocalAws {
+    LOCAL_AWS.get_or_init(|| {
+        let mut child = Command::new(python())
+            .arg(workspace_root().join("tools/moto_guard.py"))
+            .args(["--port", "0", "--until-stdin-closes"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the moto server");
+        let stdout = child.stdout.take().expect("moto stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading moto's endpoint");
+        let parsed: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|error| panic!("moto printed {line:?}: {error}"));
+        let endpoint = parsed["endpoint"].as_str().expect("endpoint").to_owned();
+        LocalAws {
+            endpoint,
+            _child: Mutex::new(child),
+        }
+    })
+}
+
+/// A stack name no other test uses on the shared server.
+pub fn unique_stack(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// What `infra/provision.py --json` reports.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub stack: String,
+    pub report: Value,
+    pub env: HashMap<String, String>,
+}
+
+impl Provisioned {
+    pub fn env(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("provisioned env has no {name}"))
+    }
+
+    /// The provisioned environment with overrides, as a config source.
+    pub fn env_with(&self, overrides: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = self.env.clone();
+        for (key, value) in overrides {
+            env.insert((*key).to_owned(), (*value).to_owned());
+        }
+        env
+    }
+}
+
+impl LocalAws {
+    /// Provisions every resource of the template under `stack`.
+    pub fn provision(&self, stack: &str, params: &[(&str, &str)]) -> Provisioned {
+        let mut command = Command::new(python());
+        command
+            .arg(workspace_root().join("infra/provision.py"))
+            .args([
+                "--endpoint",
+                &self.endpoint,
+                "--stack-name",
+                stack,
+                "--region",
+                REGION,
+                "--json",
+            ]);
+        for (key, value) in params {
+            command.args(["--param", &format!("{key}={value}")]);
+        }
+        let output = command.output().expect("running provision.py");
+        assert!(
+            output.status.success(),
+            "provision.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).expect("provision.py JSON");
+        let env = report["env"]
+            .as_object()
+            .expect("env")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        Provisioned {
+            stack: stack.to_owned(),
+            report,
+            env,
+        }
+    }
+
+    /// SDK configuration pointing at this local AWS with the functions' settings.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        sdk_config_for(&self.endpoint).await
+    }
+}
+
+/// SDK configuration for any endpoint (e.g. a closed port to simulate an outage),
+/// with the same timeouts and retries the functions use.
+pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
+    let settings = AwsSettings::from_env(&Env::new(&[("_", "")])).expect("defaults");
+    configure(aws_config::defaults(BehaviorVersion::latest()), settings)
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .test_credentials()
+        .load()
+        .await
+}
+
+/// A loopback URL where nothing listens.
+pub fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Starts a fleet simulator on a free loopback port.
+pub async fn start_sim() -> fleet_sim::SimServer {
+    fleet_sim::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("starting a fleet simulator")
+}
+
+/// Loads `events/<function>/<file>` as an API Gateway request.
+pub fn http_event(function: &str, file: &str) -> lambda_http::Request {
+    let path = workspace_root().join("events").join(function).join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    lambda_http::request::from_str(&text)
+        .unwrap_or_else(|error| panic!("{} is not an API Gateway event: {error}", path.display()))
+}
+
+/// The response body as JSON.
+pub fn body_json(response: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(response.body()).expect("JSON body")
+}

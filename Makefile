@@ -1,0 +1,80 @@
+# Sophia Functions. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV     := .venv
+PYTHON   := $(VENV)/bin/python
+TOOLS    := $(VENV)/.tools-$(shell sha1sum tools/requirements.lock | cut -c1-12)
+ARM64    := aarch64-unknown-linux-gnu
+LAMBDA_DIR := target/lambda-arm64
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export CARGO_TERM_COLOR ?= auto
+
+FN    ?= api-health
+EVENT ?= health
+
+.PHONY: help setup dev test lint unit cfn-lint build sizes invoke provision deploy bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(TOOLS) ## install the pinned tools into .venv (cargo-lambda, zig, moto, cfn-lint)
+	@command -v rustup >/dev/null && rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+$(TOOLS): tools/requirements.lock
+	@echo "==> installing pinned Python tools into $(VENV)"
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	@$(PYTHON) -m pip install --disable-pip-version-check --quiet --requirement tools/requirements.lock
+	@rm -f $(VENV)/.tools-* && touch $@
+
+dev: setup ## run everything locally: local AWS + 2 fleet simulators + cargo lambda watch on :9000
+	@tools/dev.sh
+
+test: setup lint unit cfn-lint ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint
+	@echo "==> all checks passed"
+
+lint:
+	@echo "==> cargo fmt --check"
+	@cargo fmt --all --check
+	@echo "==> cargo clippy -D warnings"
+	@cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	@echo "==> cargo test (unit and integration; the harness starts its own local AWS)"
+	@cargo test --workspace --locked
+
+cfn-lint:
+	@echo "==> cfn-lint infra/template.yaml"
+	@$(VENV)/bin/cfn-lint infra/template.yaml
+
+build: setup ## release arm64 zips of every function in target/lambda-arm64/<fn>/bootstrap.zip
+	@command -v rustup >/dev/null && rustup target add $(ARM64) >/dev/null 2>&1 || true
+	@echo "==> cargo lambda build --release --arm64 (several minutes from a clean target/)"
+	@cargo lambda build --release --arm64 --output-format zip --lambda-dir $(LAMBDA_DIR) \
+		$(addprefix --package ,$(notdir $(wildcard functions/*)))
+	@$(MAKE) --no-print-directory sizes
+
+sizes: ## zip size of every built function
+	@for zip in $(LAMBDA_DIR)/*/bootstrap.zip; do \
+		stat -c '%s %n' $$zip | awk '{split($$2, p, "/"); printf "  %-24s %6.2f MB\n", p[length(p)-1], $$1 / 1048576}'; \
+	done
+
+invoke: setup ## invoke a function under a running `make dev`: make invoke FN=api-health EVENT=ready
+	@test -f events/$(FN)/$(EVENT).json || { echo "no such event: events/$(FN)/$(EVENT).json"; ls events/$(FN); exit 2; }
+	@cargo lambda invoke $(FN) --invoke-address 127.0.0.1 --invoke-port $${SOPHIA_PORT:-9000} --data-file events/$(FN)/$(EVENT).json
+
+provision: setup ## provision a running local AWS again (after editing infra/template.yaml)
+	@$(PYTHON) infra/provision.py --endpoint http://127.0.0.1:$${SOPHIA_AWS_PORT:-5055} \
+		--stack-name $${SOPHIA_STACK:-sophia-local} --env-file .local/dev.env
+
+deploy: build ## deploy to AWS with SAM (needs AWS credentials and the SAM CLI; see README)
+	@command -v sam >/dev/null || { echo "the SAM CLI is not installed: pip install aws-sam-cli (see README, Deploy)"; exit 2; }
+	@cd infra && sam build --beta-features && sam deploy --config-file samconfig.toml $(DEPLOY_ARGS)
+
+bench: setup ## benchmarks: cold start of the release binaries (see BENCHMARKS.md)
+	@tools/bench.sh
+
+clean: ## remove build output and local state (keeps .venv)
+	@cargo clean
+	@rm -rf .local

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs the whole system locally: a local AWS (moto) provisioned from infra/, two
+# fleet simulators and `cargo lambda watch` serving the real API paths.
+# Everything it starts is stopped on Ctrl-C, on SIGTERM, or when the API itself dies.
+# Stopping a simulator or the local AWS by hand leaves the rest running: /ready
+# then answers 503 naming it.
+#
+# Ports (override with environment variables):
+#   SOPHIA_PORT (9000)      the API: http://127.0.0.1:$SOPHIA_PORT/health
+#   SOPHIA_AWS_PORT (5055)  the local AWS endpoint
+#   SOPHIA_SIM_PORTS ("8101 8102")  fleet simulators: primary, secondary
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+api_port=${SOPHIA_PORT:-9000}
+aws_port=${SOPHIA_AWS_PORT:-5055}
+read -r -a sim_ports <<<"${SOPHIA_SIM_PORTS:-8101 8102}"
+sim_names=(primary secondary)
+stack=${SOPHIA_STACK:-sophia-local}
+state_dir=$root/.local
+python=$root/.venv/bin/python
+mkdir -p "$state_dir"
+
+step() { printf '\n\033[1m[%s] %s\033[0m\n' "$1" "$2"; }
+fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+[ -x "$python" ] || fail "the tool environment is missing: run 'make setup' first"
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$api_port" "$aws_port" "${sim_ports[@]}"; do
+  if port_in_use "$port"; then
+    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS."
+  fi
+done
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  if [ ${#pids[@]} -gt 0 ]; then
+    printf '\nstopping local stack...\n'
+    # Each part runs in its own process group (setsid), so children go too.
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  fi
+  printf 'stopped.\n'
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start() { # name, log file, command...
+  local name=$1 log=$2; shift 2
+  setsid "$@" >"$log" 2>&1 &
+  pids+=($!)
+  printf '  %-18s pid %-7s log %s\n' "$name" "$!" "${log#"$root"/}"
+}
+
+wait_for() { # url, what, seconds, log: waits for the URL while the last started part lives
+  local url=$1 what=$2 deadline=$((SECONDS + $3)) log=$4 pid=${pids[-1]}
+  until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2 || true
+      fail "$what exited during start-up (log: ${log#"$root"/})"
+    fi
+    [ $SECONDS -lt $deadline ] || fail "$what did not come up at $url within $3 s (log: ${log#"$root"/})"
+    sleep 0.3
+  done
+}
+
+step 1/5 "building the fleet simulator and the functions (the first build takes a few minutes)"
+cargo build --workspace --bins
+
+step 2/5 "starting the local AWS on 127.0.0.1:$aws_port"
+start local-aws "$state_dir/local-aws.log" "$python" tools/moto_guard.py --port "$aws_port"
+wait_for "http://127.0.0.1:$aws_port/moto-api/" "the local AWS" 30 "$state_dir/local-aws.log"
+
+step 3/5 "provisioning stack '$stack' from infra/template.yaml"
+fleet=""
+for i in "${!sim_ports[@]}"; do
+  fleet+="${fleet:+,}${sim_names[$i]:-fleet$i}=http://127.0.0.1:${sim_ports[$i]}"
+done
+"$python" infra/provision.py --endpoint "http://127.0.0.1:$aws_port" --stack-name "$stack" \
+  --param "FleetEndpoints=$fleet" \
+  --param "CorsAllowedOrigins=http://localhost:3000,http://127.0.0.1:3000" \
+  --env-file "$state_dir/dev.env"
+
+step 4/5 "starting ${#sim_ports[@]} fleet simulators"
+for i in "${!sim_ports[@]}"; do
+  name=${sim_names[$i]:-fleet$i}
+  start "fleet-sim:$name" "$state_dir/fleet-sim-$name.log" \
+    "$root/target/debug/fleet-sim" --port "${sim_ports[$i]}" --name "$name"
+  wait_for "http://127.0.0.1:${sim_ports[$i]}/_sim/state" "fleet simulator $name" 15 "$state_dir/fleet-sim-$name.log"
+done
+
+step 5/5 "starting cargo lambda watch on 127.0.0.1:$api_port"
+export AWS_ENDPOINT_URL="http://127.0.0.1:$aws_port"
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
+export PATH="$root/.venv/bin:$PATH"
+start "cargo-lambda-watch" "$state_dir/watch.log" \
+  cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$api_port" --disable-cors \
+  --env-file "$state_dir/dev.env"
+watch_pid=${pids[-1]}
+printf '  waiting for the first answer from /health (cargo lambda watch compiles the function)\n'
+wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
+
+base="http://127.0.0.1:$api_port"
+cat <<EOF
+
+Sophia Functions is running locally.
+
+  API            $base   (routes: /health, /ready)
+  local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in .local/dev.env)
+  fleet          $(printf '%s ' "${fleet//,/  }")
+  logs           .local/*.log
+
+Try:
+  curl -i $base/health
+  curl -s $base/ready | python3 -m json.tool
+  curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator
+
+Ctrl-C stops everything.
+EOF
+
+# A stopped simulator or local AWS is a scenario to try (/ready then names it), so
+# only the loss of the API itself ends the session.
+wait "$watch_pid" || true
+fail "cargo lambda watch exited; see .local/watch.log"
