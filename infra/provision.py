@@ -414,7 +414,7 @@ def manifest(stack: Stack) -> dict[str, Any]:
     """The declared properties of every locally provisioned resource, resolved."""
     declared: dict[str, Any] = {}
     for logical, spec in stack.resources.items():
-        if spec["Type"] in CREATORS:
+        if spec["Type"] in CREATORS and not stack.created[logical].get("skipped"):
             declared[logical] = {
                 "type": spec["Type"],
                 "physical_id": stack.created[logical]["ref"],
@@ -486,7 +486,9 @@ def main() -> int:
         }, indent=2, default=str))
     else:
         for logical, result in stack.created.items():
-            if logical not in stack.skipped:
+            if result.get("skipped"):
+                print(f"  {'skipped':8} {result['type']:28} {logical} ({result['skipped']})")
+            elif logical not in stack.skipped:
                 print(f"  {result.get('action', 'ok'):8} {result['type']:28} {logical} -> {result['ref']}")
         kinds = sorted({stack.resources[l]["Type"] for l in stack.skipped})
         print(f"  not local: {len(stack.skipped)} resources of types {', '.join(kinds)}")

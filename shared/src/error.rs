@@ -37,6 +37,12 @@ pub enum ApiError {
     },
     #[error("the request could not be completed before its deadline")]
     DeadlineExceeded,
+    /// The model server refused the request for a reason in the request itself.
+    #[error("the model rejected the request: {message}")]
+    UpstreamRejected { status: u16, message: String },
+    /// The model server failed in a way retrying will not fix.
+    #[error("the model server failed to answer")]
+    BadGateway,
     /// Readiness failed; `checks` (per-dependency status) travels in the problem.
     #[error("not ready: {failing} unavailable")]
     NotReady {
@@ -74,6 +80,12 @@ impl ApiError {
             Self::DependencyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamRejected { status, .. } => match status {
+                413 => StatusCode::PAYLOAD_TOO_LARGE,
+                422 => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +104,8 @@ impl ApiError {
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::OriginNotAllowed { .. }
+            | Self::UpstreamRejected { .. }
+            | Self::BadGateway
             | Self::Internal { .. } => false,
         }
     }
@@ -110,6 +124,8 @@ impl ApiError {
             Self::DependencyUnavailable { .. } => "dependency-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::NotReady { .. } => "not-ready",
+            Self::UpstreamRejected { .. } => "model-rejected-request",
+            Self::BadGateway => "bad-gateway",
             Self::Internal { .. } => "internal-error",
         }
     }
@@ -127,6 +143,8 @@ impl ApiError {
             Self::DependencyUnavailable { .. } => "Service unavailable",
             Self::DeadlineExceeded => "Deadline exceeded",
             Self::NotReady { .. } => "Not ready",
+            Self::UpstreamRejected { .. } => "Request rejected by the model",
+            Self::BadGateway => "Bad gateway",
             Self::Internal { .. } => "Internal error",
         }
     }
@@ -229,6 +247,11 @@ mod tests {
                 failing: "fleet:primary".into(),
                 checks: serde_json::json!([]),
             },
+            ApiError::UpstreamRejected {
+                status: 400,
+                message: "context too long".into(),
+            },
+            ApiError::BadGateway,
             ApiError::internal("boom"),
         ]
     }

@@ -5,11 +5,13 @@
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
 //! - [`http`]: the pipeline every API function runs its handler in;
 //! - [`aws`]: SDK configuration with explicit timeouts and retries;
-//! - [`outbound`]: the one client for outbound HTTP.
+//! - [`outbound`]: the one client for outbound HTTP;
+//! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
 pub mod aws;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod observability;
 pub mod outbound;

@@ -107,6 +107,11 @@ impl OutboundClient {
         Ok(Self { http })
     }
 
+    /// The pooled client, for the fleet client in this crate only.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// `GET url`, successful only on a 2xx status, within `timeout` and within the
     /// request's deadline when there is one. Used by readiness checks and probes.
     pub async fn get_ok(

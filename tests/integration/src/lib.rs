@@ -194,3 +194,34 @@ pub fn http_event(function: &str, file: &str) -> lambda_http::Request {
 pub fn body_json(response: &lambda_http::Response<lambda_http::Body>) -> Value {
     serde_json::from_slice(response.body()).expect("JSON body")
 }
+
+/// An API Gateway-style request built in code, optionally carrying a Lambda
+/// context whose deadline is `deadline_in` from now.
+pub fn json_request(
+    method: &str,
+    path: &str,
+    body: &Value,
+    deadline_in: Option<std::time::Duration>,
+) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "it-chat")
+        .body(lambda_http::Body::from(body.to_string()))
+        .expect("request");
+    match deadline_in {
+        None => request,
+        Some(left) => {
+            let mut context = lambda_runtime::Context::default();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64;
+            context.deadline = now_ms + left.as_millis() as u64;
+            context.request_id = uuid::Uuid::new_v4().to_string();
+            request.with_lambda_context(context)
+        }
+    }
+}

@@ -183,6 +183,20 @@ async fn every_declared_table_and_queue_exists_as_declared() {
                     assert!(is_dlq, "{logical} has no dead-letter queue and is none");
                 }
             }
+            "AWS::SecretsManager::Secret" => {
+                let secrets = aws_sdk_secretsmanager::Client::new(&config);
+                let value = secrets
+                    .get_secret_value()
+                    .secret_id(id)
+                    .version_stage("AWSCURRENT")
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    value.secret_string().is_some_and(|s| s.len() >= 32),
+                    "{logical} has a generated value"
+                );
+            }
             other => panic!("manifest has an unexpected type {other}"),
         }
     }

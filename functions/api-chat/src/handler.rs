@@ -1,0 +1,424 @@
+//! `POST /v1/chat/completions`, OpenAI-compatible.
+//!
+//! Two entry points share everything but the response mode:
+//! - [`handle`] (function `api-chat`, behind API Gateway): answers in one piece;
+//!   `stream: true` is refused with a 400 that names the streaming endpoint;
+//! - [`handle_streaming`] (function `api-chat-stream`, a Lambda function URL with
+//!   response streaming): `stream: true` becomes server-sent events, anything else
+//!   is answered in one piece.
+//!
+//! The fleet client fails over until the first chunk arrives; once bytes went to
+//! the caller, a broken upstream ends the stream with an explicit `error` event
+//! and no `[DONE]`, never a silent truncation.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::Frame;
+use http_body_util::StreamBody;
+use lambda_http::http::{HeaderValue, Method, StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use sophia_shared::ApiError;
+use sophia_shared::aws::AwsSettings;
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::fleet::health::SharedHealth;
+use sophia_shared::fleet::{
+    FleetClient, FleetSettings, FleetStream, StreamBreak, upstreams_from_env,
+};
+use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+use sophia_shared::observability::MetricSet;
+use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+
+use crate::request::{ChatRequest, Limits};
+use crate::usage::{PriceTable, Usage, UsageRecorder};
+
+pub const SERVICE: &str = "api-chat";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRoute {
+    Completions,
+}
+
+pub const ROUTES: [Route<ChatRoute>; 1] = [Route::new(
+    Method::POST,
+    "/v1/chat/completions",
+    ChatRoute::Completions,
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
+}
+
+/// Everything the handler needs, built once per cold start.
+pub struct Deps {
+    pub http: HttpPolicy,
+    pub limits: Limits,
+    pub prices: PriceTable,
+    pub fleet: Arc<FleetClient>,
+    pub usage: UsageRecorder,
+    /// Until token authentication lands, every request is billed to this tenant.
+    pub default_tenant: String,
+}
+
+/// AWS settings come first: they are needed to build the SDK configuration that
+/// [`Deps::from_env`] takes.
+pub fn aws_settings(env: &Env<'_>) -> Result<AwsSettings, ConfigError> {
+    AwsSettings::from_env(env)
+}
+
+impl Deps {
+    /// Reads `CHAT_MODELS`, `PRICE_TABLE`, `USAGE_TABLE`, `STATE_TABLE` (shared fleet
+    /// health), the fleet variables (`FLEET_ENDPOINTS`, `FLEET_TOKEN_SECRET`,
+    /// `FALLBACK_*`, `FLEET_*`, `BREAKER_*`) and the limits `CHAT_MAX_MESSAGES`
+    /// (256), `CHAT_MAX_MESSAGE_CHARS` (100000), `CHAT_MAX_TOTAL_CHARS` (400000),
+    /// `CHAT_MAX_TOKENS` (4096).
+    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let models = env.list("CHAT_MODELS");
+        if models.is_empty() {
+            return Err(ConfigError::new(
+                "CHAT_MODELS",
+                "is required: the models clients may ask for, comma-separated",
+            )
+            .into());
+        }
+        let limits = Limits {
+            models,
+            max_messages: env.parse_or("CHAT_MAX_MESSAGES", 256)?,
+            max_message_chars: env.parse_or("CHAT_MAX_MESSAGE_CHARS", 100_000)?,
+            max_total_chars: env.parse_or("CHAT_MAX_TOTAL_CHARS", 400_000)?,
+            max_tokens: env.parse_or("CHAT_MAX_TOKENS", 4096)?,
+        };
+        let prices = PriceTable::parse(&env.required("PRICE_TABLE")?, &limits.models)?;
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
+        let settings = FleetSettings::from_env(env)?;
+        let health = Arc::new(SharedHealth::new(
+            dynamodb.clone(),
+            env.required("STATE_TABLE")?,
+            settings.health_cache,
+        ));
+        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
+        let fleet = FleetClient::new(
+            &outbound,
+            upstreams_from_env(env, Some(&secrets))?,
+            settings,
+            Some(health),
+        )?;
+        Ok(Self {
+            http: HttpPolicy::from_env(SERVICE, env)?,
+            limits,
+            prices,
+            fleet: Arc::new(fleet),
+            usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
+            default_tenant: env
+                .optional("DEFAULT_TENANT")
+                .unwrap_or_else(|| "default".to_owned()),
+        })
+    }
+}
+
+/// Who is asking. The tenant will come from the verified access token (never
+/// from the body); until then it is the configured default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+}
+
+fn principal(deps: &Deps, _api: &ApiRequest<ChatRoute>) -> Result<Principal, ApiError> {
+    Ok(Principal {
+        tenant: deps.default_tenant.clone(),
+    })
+}
+
+/// The buffered entry point (API Gateway).
+pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
+    serve(&deps.http, &ROUTES, request, |api| async move {
+        let (principal, chat) = accept(deps, &api)?;
+        if chat.stream {
+            return Err(ApiError::invalid(
+                "stream: true is served by the streaming endpoint (the api-chat-stream function URL); this endpoint answers in one piece",
+            ));
+        }
+        complete(deps, &principal, &chat, &api).await
+    })
+    .await
+}
+
+/// Authentication, parsing and validation, shared by both entry points.
+fn accept(deps: &Deps, api: &ApiRequest<ChatRoute>) -> Result<(Principal, ChatRequest), ApiError> {
+    let principal = principal(deps, api)?;
+    let chat: ChatRequest = api.json()?;
+    chat.validate(&deps.limits)?;
+    Ok((principal, chat))
+}
+
+async fn complete(
+    deps: &Deps,
+    principal: &Principal,
+    chat: &ChatRequest,
+    api: &ApiRequest<ChatRoute>,
+) -> Result<Response<Body>, ApiError> {
+    let body = chat.upstream_body(&deps.limits)?;
+    let reply = deps.fleet.chat(&body, &api.ctx).await.map_err(|error| {
+        tracing::warn!(%error, "chat completion failed");
+        error.to_api_error()
+    })?;
+    tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
+    let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
+    account(&deps.usage, &deps.prices, principal, &chat.model, &usage).await;
+    json_response(StatusCode::OK, &reply.body)
+}
+
+/// Records usage; a failure is logged with the figures (so it can be replayed)
+/// but does not fail an answer the caller already has.
+async fn account(
+    recorder: &UsageRecorder,
+    prices: &PriceTable,
+    principal: &Principal,
+    model: &str,
+    usage: &Usage,
+) {
+    let cost = prices.cost_micro_usd(model, usage);
+    MetricSet::new("Sophia")
+        .dimension("Service", SERVICE)
+        .dimension("Model", model)
+        .count("PromptTokens", usage.prompt_tokens as f64)
+        .count("CompletionTokens", usage.completion_tokens as f64)
+        .count("CostMicroUsd", cost)
+        .property("tenant", principal.tenant.as_str())
+        .emit();
+    if let Err(error) = recorder.record(&principal.tenant, model, usage, cost).await {
+        tracing::error!(
+            %error,
+            tenant = %principal.tenant,
+            model,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            cost_micro_usd = cost,
+            "recording usage failed"
+        );
+    }
+}
+
+pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+pub type StreamingBody = StreamBody<SseStream>;
+
+/// The streaming entry point (function URL with response streaming).
+pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<StreamingBody> {
+    let stash: Mutex<Option<SseStream>> = Mutex::new(None);
+    let stash_ref = &stash;
+    let response = serve(&deps.http, &ROUTES, request, |api| async move {
+        let (principal, chat) = accept(deps, &api)?;
+        if !chat.stream {
+            return complete(deps, &principal, &chat, &api).await;
+        }
+        let body = chat.upstream_body(&deps.limits)?;
+        let upstream = deps
+            .fleet
+            .chat_stream(&body, &api.ctx)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "chat stream could not start");
+                error.to_api_error()
+            })?;
+        tracing::info!(endpoint = %upstream.endpoint, "chat stream started");
+        let pump = Pump {
+            upstream,
+            buffer: Vec::new(),
+            pending: VecDeque::new(),
+            finished: false,
+            usage: None,
+            wants_usage: chat.wants_stream_usage(),
+            recorder: deps.usage.clone(),
+            prices: deps.prices.clone(),
+            principal,
+            model: chat.model.clone(),
+            correlation_id: api.ctx.correlation_id.clone(),
+        };
+        *stash_ref
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pump.into_stream());
+        let mut response = Response::new(Body::Empty);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    })
+    .await;
+    let stream = stash
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (parts, body) = response.into_parts();
+    let stream = stream.unwrap_or_else(|| {
+        let bytes = Bytes::copy_from_slice(body.as_ref());
+        Box::pin(futures_util::stream::once(
+            async move { Ok(Frame::data(bytes)) },
+        ))
+    });
+    Response::from_parts(parts, StreamBody::new(stream))
+}
+
+/// Re-frames the upstream bytes into whole SSE events, collects usage, strips the
+/// usage-only chunk the caller did not ask for, records usage before `[DONE]`,
+/// and turns a broken upstream into an error event.
+struct Pump {
+    upstream: FleetStream,
+    buffer: Vec<u8>,
+    pending: VecDeque<Bytes>,
+    finished: bool,
+    usage: Option<Usage>,
+    wants_usage: bool,
+    recorder: UsageRecorder,
+    prices: PriceTable,
+    principal: Principal,
+    model: String,
+    correlation_id: String,
+}
+
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+impl Pump {
+    fn into_stream(self) -> SseStream {
+        let frames = futures_util::stream::unfold(self, |mut pump| async move {
+            let frame = pump.next_frame().await?;
+            Some((Ok(Frame::data(frame)), pump))
+        });
+        Box::pin(frames)
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(frame);
+            }
+            if self.finished {
+                return None;
+            }
+            match self.upstream.next_chunk().await {
+                Some(Ok(chunk)) => {
+                    self.buffer.extend_from_slice(&chunk);
+                    self.drain_events().await;
+                    if !self.finished && self.buffer.len() > MAX_EVENT_BYTES {
+                        self.fail("an upstream event was too large").await;
+                    }
+                }
+                Some(Err(reason)) => self.fail(&reason.to_string()).await,
+                None => self.fail(&StreamBreak::Broken.to_string()).await,
+            }
+        }
+    }
+
+    async fn drain_events(&mut self) {
+        while let Some(end) = find_event_end(&self.buffer) {
+            let event: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&event[..end.0]);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let payload = data.join("\n");
+            if payload == "[DONE]" {
+                self.finish_ok().await;
+                return;
+            }
+            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                self.fail("the model server sent an unreadable event").await;
+                return;
+            };
+            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                self.usage = serde_json::from_value(usage.clone()).ok();
+                let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty);
+                if usage_only && !self.wants_usage {
+                    continue;
+                }
+            }
+            self.pending
+                .push_back(Bytes::from(format!("data: {payload}\n\n")));
+        }
+    }
+
+    async fn finish_ok(&mut self) {
+        match self.usage {
+            Some(usage) => {
+                account(
+                    &self.recorder,
+                    &self.prices,
+                    &self.principal,
+                    &self.model,
+                    &usage,
+                )
+                .await
+            }
+            None => {
+                tracing::error!(model = %self.model, "stream ended without usage; nothing billed")
+            }
+        }
+        self.pending
+            .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.finished = true;
+    }
+
+    async fn fail(&mut self, reason: &str) {
+        tracing::warn!(reason, endpoint = %self.upstream.endpoint, "chat stream interrupted");
+        if let Some(usage) = self.usage {
+            account(
+                &self.recorder,
+                &self.prices,
+                &self.principal,
+                &self.model,
+                &usage,
+            )
+            .await;
+        }
+        let event = serde_json::json!({
+            "error": {
+                "message": format!("the stream was interrupted: {reason}; the answer is incomplete"),
+                "type": "stream_interrupted",
+                "code": "upstream_stream_broken",
+                "correlation_id": self.correlation_id,
+            }
+        });
+        self.pending
+            .push_back(Bytes::from(format!("event: error\ndata: {event}\n\n")));
+        self.finished = true;
+    }
+}
+
+/// Where the first complete event ends: (length of the event, length of the separator).
+fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_of_either_style() {
+        assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
+        assert_eq!(find_event_end(b"data: a\n"), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! api-chat: the OpenAI-compatible chat route, shared by the `api-chat` (buffered)
+//! and `api-chat-stream` (response streaming) functions.
+pub mod handler;
+pub mod request;
+pub mod usage;

@@ -1,0 +1,170 @@
+//! Usage accounting: tokens and cost per tenant, day and model, in DynamoDB.
+//!
+//! One atomic `UpdateItem ... ADD` per answered request on
+//! `pk = tenant#<tenant>`, `sk = usage#<yyyy-mm-dd>#<model>`, so concurrent
+//! instances never lose an increment and the dashboard reads a day with one Query.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Deserialize;
+use sophia_shared::config::ConfigError;
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub prompt_per_mtok: f64,
+    pub completion_per_mtok: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceTable(HashMap<String, Price>);
+
+impl PriceTable {
+    /// `PRICE_TABLE`: `{"model": {"prompt_per_mtok": 0.1, "completion_per_mtok": 0.3}}`;
+    /// every allowed model must have a price, so no answer is ever billed at zero by accident.
+    pub fn parse(raw: &str, models: &[String]) -> Result<Self, ConfigError> {
+        let table: HashMap<String, Price> = serde_json::from_str(raw).map_err(|error| {
+            ConfigError::new("PRICE_TABLE", format!("is not valid JSON: {error}"))
+        })?;
+        for model in models {
+            let Some(price) = table.get(model) else {
+                return Err(ConfigError::new(
+                    "PRICE_TABLE",
+                    format!("has no price for model {model}"),
+                ));
+            };
+            let valid = |v: f64| v.is_finite() && v >= 0.0;
+            if !valid(price.prompt_per_mtok) || !valid(price.completion_per_mtok) {
+                return Err(ConfigError::new(
+                    "PRICE_TABLE",
+                    format!("prices of {model} must be non-negative numbers"),
+                ));
+            }
+        }
+        Ok(Self(table))
+    }
+
+    /// Cost in micro-USD (USD per million tokens × tokens).
+    pub fn cost_micro_usd(&self, model: &str, usage: &Usage) -> f64 {
+        self.0.get(model).map_or(0.0, |price| {
+            price.prompt_per_mtok * usage.prompt_tokens as f64
+                + price.completion_per_mtok * usage.completion_tokens as f64
+        })
+    }
+}
+
+/// The `usage` object of an OpenAI-compatible answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageRecorder {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+/// Usage items are kept 400 days (monthly reports over a year, with margin).
+const RETENTION_SECS: u64 = 400 * 86_400;
+
+impl UsageRecorder {
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { dynamodb, table }
+    }
+
+    pub async fn record(
+        &self,
+        tenant: &str,
+        model: &str,
+        usage: &Usage,
+        cost_micro_usd: f64,
+    ) -> Result<(), String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
+            .update_expression(
+                "ADD requests :one, prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost \
+                 SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant",
+            )
+            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+            .expression_attribute_values(":p", AttributeValue::N(usage.prompt_tokens.to_string()))
+            .expression_attribute_values(":c", AttributeValue::N(usage.completion_tokens.to_string()))
+            .expression_attribute_values(":cost", AttributeValue::N(format!("{cost_micro_usd:.3}")))
+            .expression_attribute_values(":expires", AttributeValue::N((now + RETENTION_SECS).to_string()))
+            .expression_attribute_values(":model", AttributeValue::S(model.to_owned()))
+            .expression_attribute_values(":tenant", AttributeValue::S(tenant.to_owned()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|error| aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())
+    }
+}
+
+/// `yyyy-mm-dd` in UTC for a Unix time (civil-from-days, proleptic Gregorian).
+pub fn utc_date(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_795_374_000), "2026-11-22");
+    }
+
+    #[test]
+    fn every_model_needs_a_price() {
+        let models = vec!["a".to_owned(), "b".to_owned()];
+        let raw = r#"{"a": {"prompt_per_mtok": 0.1, "completion_per_mtok": 0.3}}"#;
+        assert!(
+            PriceTable::parse(raw, &models)
+                .unwrap_err()
+                .problem
+                .contains("model b")
+        );
+        let negative = r#"{"a": {"prompt_per_mtok": -1, "completion_per_mtok": 0.3}}"#;
+        assert!(PriceTable::parse(negative, &models[..1]).is_err());
+        assert!(PriceTable::parse("{", &models).is_err());
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price() {
+        let table = PriceTable::parse(
+            r#"{"a": {"prompt_per_mtok": 0.5, "completion_per_mtok": 2.0}}"#,
+            &["a".to_owned()],
+        )
+        .unwrap();
+        let usage = Usage {
+            prompt_tokens: 100,
+            completion_tokens: 10,
+        };
+        assert!((table.cost_micro_usd("a", &usage) - 70.0).abs() < 1e-9);
+    }
+}

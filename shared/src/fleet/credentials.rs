@@ -1,0 +1,97 @@
+//! Bearer tokens for upstream calls, read from Secrets Manager and cached.
+//!
+//! The cache is refreshed when it is older than `ttl`, and at once when an
+//! upstream answers 401: after a rotation the next request re-reads AWSCURRENT
+//! and succeeds, so rotation never causes an outage. The stage is always named:
+//! a read without it may return an older version (seen with moto).
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::RwLock;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reading secret {secret_id} failed: {reason}")]
+pub struct SecretError {
+    pub secret_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct SecretToken {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    ttl: Duration,
+    cached: RwLock<Option<(String, Instant)>>,
+}
+
+impl SecretToken {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
+        Self {
+            client,
+            secret_id,
+            ttl,
+            cached: RwLock::new(None),
+        }
+    }
+
+    /// The current token, from cache when fresh.
+    pub async fn get(&self) -> Result<String, SecretError> {
+        if let Some((token, read_at)) = self.cached.read().await.as_ref()
+            && read_at.elapsed() < self.ttl
+        {
+            return Ok(token.clone());
+        }
+        self.refresh().await
+    }
+
+    /// Re-reads AWSCURRENT, replacing the cache.
+    pub async fn refresh(&self) -> Result<String, SecretError> {
+        let output = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .map_err(|error| SecretError {
+                secret_id: self.secret_id.clone(),
+                reason: aws_sdk_secretsmanager::error::DisplayErrorContext(error).to_string(),
+            })?;
+        let raw = output.secret_string().unwrap_or_default();
+        let token = token_from_secret(raw).ok_or_else(|| SecretError {
+            secret_id: self.secret_id.clone(),
+            reason: "the secret holds no token".to_owned(),
+        })?;
+        *self.cached.write().await = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+}
+
+/// A secret is either the token itself or a JSON object with a `token` field.
+pub fn token_from_secret(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+        return value["token"]
+            .as_str()
+            .map(str::to_owned)
+            .filter(|t| !t.is_empty());
+    }
+    (!raw.is_empty()).then(|| raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_forms() {
+        assert_eq!(token_from_secret("abc").as_deref(), Some("abc"));
+        assert_eq!(
+            token_from_secret(r#"{"token":"t1"}"#).as_deref(),
+            Some("t1")
+        );
+        assert_eq!(token_from_secret(r#"{"other":"x"}"#), None);
+        assert_eq!(token_from_secret("  "), None);
+    }
+}

@@ -1,0 +1,585 @@
+//! api-chat and its resilient fleet client against fleet simulators and the local AWS.
+//! Each test provisions its own stack and starts its own simulators.
+
+// Test code: a failed expectation should fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use api_chat::handler::{Deps, handle, handle_streaming};
+use aws_sdk_dynamodb::types::AttributeValue;
+use fleet_sim::{Behaviour, Fault, FaultMode, SimServer};
+use harness::{
+    Provisioned, body_json, dead_endpoint, json_request, local_aws, sdk_config_for, start_sim,
+    unique_stack,
+};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sophia_shared::config::Env;
+use sophia_shared::fleet::breaker::BreakerState;
+use sophia_shared::fleet::health::{EndpointStatus, SharedHealth};
+
+const PATH: &str = "/v1/chat/completions";
+
+fn completion(text: &str) -> Value {
+    json!({"model": "sophia-small", "messages": [{"role": "user", "content": text}], "max_tokens": 8})
+}
+
+fn streamed(text: &str) -> Value {
+    let mut body = completion(text);
+    body["stream"] = json!(true);
+    body
+}
+
+/// Fast timeouts so that failure scenarios take milliseconds, not seconds.
+const FAST: [(&str, &str); 6] = [
+    ("FLEET_ATTEMPT_TIMEOUT_MS", "300"),
+    ("FLEET_TTFT_TIMEOUT_MS", "300"),
+    ("FLEET_IDLE_TIMEOUT_MS", "500"),
+    ("FLEET_BACKOFF_BASE_MS", "5"),
+    ("FLEET_BACKOFF_CAP_MS", "20"),
+    ("FLEET_HEALTH_CACHE_MS", "1000"),
+];
+
+struct Setup {
+    stack: Provisioned,
+    sims: Vec<SimServer>,
+    deps: Deps,
+}
+
+fn fleet_list(urls: &[String]) -> String {
+    let names = ["primary", "secondary", "tertiary"];
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| format!("{}={url}", names[i]))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> Deps {
+    let mut env: HashMap<String, String> = stack.env_with(&[("FLEET_ENDPOINTS", fleet)]);
+    for (k, v) in FAST.iter().chain(extra) {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    // The simulators run without auth unless a test turns it on.
+    if !extra.iter().any(|(k, _)| *k == "FLEET_TOKEN_SECRET") {
+        env.remove("FLEET_TOKEN_SECRET");
+    }
+    let sdk = sdk_config_for(&local_aws().endpoint).await;
+    Deps::from_env(&Env::new(&env), &sdk).unwrap()
+}
+
+async fn setup(sims: usize, extra: &[(&str, &str)]) -> Setup {
+    let stack = local_aws().provision(&unique_stack("chat"), &[]);
+    let mut servers = Vec::new();
+    for _ in 0..sims {
+        servers.push(start_sim().await);
+    }
+    let urls: Vec<String> = servers.iter().map(SimServer::base_url).collect();
+    let deps = deps_for(&stack, &fleet_list(&urls), extra).await;
+    Setup {
+        stack,
+        sims: servers,
+        deps,
+    }
+}
+
+fn calls(sim: &SimServer) -> u64 {
+    sim.sim.counters.requests.load(Ordering::Relaxed)
+}
+
+async fn fault(sim: &SimServer, mode: FaultMode) {
+    sim.sim
+        .set_fault(Fault {
+            mode,
+            ..Fault::default()
+        })
+        .await;
+}
+
+async fn chat(deps: &Deps, body: &Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let response = handle(deps, json_request("POST", PATH, body, None)).await;
+    let elapsed = started.elapsed();
+    (response.status().as_u16(), body_json(&response), elapsed)
+}
+
+async fn stream(deps: &Deps, body: &Value, deadline: Option<Duration>) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = handle_streaming(deps, json_request("POST", PATH, body, deadline)).await;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_completion_is_answered_and_its_usage_recorded() {
+    let s = setup(1, &[]).await;
+    let (status, body, _) = chat(&s.deps, &completion("one two three")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("one two three")
+    );
+    let completion_tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(completion_tokens, 8, "max_tokens reached the fleet");
+
+    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
+    let items = dynamodb
+        .query()
+        .table_name(s.stack.env("USAGE_TABLE"))
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S("tenant#default".into()))
+        .send()
+        .await
+        .unwrap();
+    let item = &items.items()[0];
+    let number = |name: &str| item[name].as_n().unwrap().parse::<f64>().unwrap();
+    assert_eq!(number("requests"), 1.0);
+    assert_eq!(number("completion_tokens"), 8.0);
+    let prompt = body["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert!((number("cost_micro_usd") - (prompt * 0.10 + 8.0 * 0.30)).abs() < 0.01);
+    assert!(item["sk"].as_s().unwrap().ends_with("#sophia-small"));
+}
+
+#[tokio::test]
+async fn invalid_requests_get_4xx_problems_and_never_reach_the_fleet() {
+    let s = setup(1, &[]).await;
+    let cases = [
+        (
+            json!({"model": "sophia-small", "messages": [{"role": "user", "content": "x"}], "bogus": 1}),
+            400,
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+        ),
+        (json!({"model": "sophia-small", "messages": []}), 400),
+        (
+            json!({"model": "sophia-small", "max_tokens": 1000000, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+        ),
+        (streamed("x"), 400),
+        (json!([1, 2, 3]), 400),
+    ];
+    for (body, expected) in cases {
+        let (status, problem, _) = chat(&s.deps, &body).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:sophia:problem:")
+        );
+    }
+    let raw = http::Request::builder()
+        .method("POST")
+        .uri(PATH)
+        .header("content-type", "application/json")
+        .body(lambda_http::Body::from("{\"model\": "))
+        .unwrap();
+    assert_eq!(handle(&s.deps, raw).await.status(), 400);
+    assert_eq!(calls(&s.sims[0]), 0);
+}
+
+#[tokio::test]
+async fn a_primary_refusing_connections_is_failed_over_with_little_added_latency() {
+    let stack = local_aws().provision(&unique_stack("chat-refuse"), &[]);
+    let secondary = start_sim().await;
+    let deps = deps_for(
+        &stack,
+        &fleet_list(&[dead_endpoint(), secondary.base_url()]),
+        &[],
+    )
+    .await;
+    let (baseline_status, _, _) = chat(&deps, &completion("warm up")).await;
+    assert_eq!(baseline_status, 200);
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let (status, body, elapsed) = chat(&deps, &completion("hello")).await;
+        assert_eq!(status, 200, "{body}");
+        latencies.push(elapsed);
+    }
+    latencies.sort();
+    assert_eq!(calls(&secondary), 6);
+    // A refused connection costs no timeout: far below the 300 ms attempt timeout.
+    assert!(
+        latencies[2] < Duration::from_millis(150),
+        "failover took {latencies:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open() {
+    let breaker = [
+        ("FLEET_ATTEMPT_TIMEOUT_MS", "1000"),
+        ("BREAKER_CONSECUTIVE_FAILURES", "2"),
+        ("BREAKER_COOL_DOWN_MS", "2500"),
+        ("BREAKER_HALF_OPEN_PROBES", "1"),
+    ];
+    let s = setup(2, &breaker).await;
+    let (primary, secondary) = (&s.sims[0], &s.sims[1]);
+    fault(primary, FaultMode::BlackHole).await;
+
+    for _ in 0..2 {
+        let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
+        assert_eq!(status, 200);
+        assert!(
+            elapsed >= Duration::from_millis(990),
+            "paid the attempt timeout: {elapsed:?}"
+        );
+    }
+    assert_eq!(s.deps.fleet.snapshot()[0].breaker, BreakerState::Open);
+    let primary_calls = calls(primary);
+    for _ in 0..5 {
+        let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
+        assert_eq!(status, 200);
+        assert!(
+            elapsed < Duration::from_millis(400),
+            "waited for the dead primary: {elapsed:?}"
+        );
+    }
+    assert_eq!(
+        calls(primary),
+        primary_calls,
+        "no call reached the open endpoint"
+    );
+
+    fault(primary, FaultMode::None).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let before = calls(secondary);
+    let (status, _, _) = chat(&s.deps, &completion("x")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        calls(primary),
+        primary_calls + 1,
+        "the half-open probe went to the primary"
+    );
+    assert_eq!(calls(secondary), before);
+    assert_eq!(s.deps.fleet.snapshot()[0].breaker, BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_not_hammered() {
+    let s = setup(2, &[]).await;
+    let (primary, secondary) = (&s.sims[0], &s.sims[1]);
+    primary
+        .sim
+        .set_fault(Fault {
+            mode: FaultMode::RateLimit,
+            retry_after_secs: Some(1),
+            ..Fault::default()
+        })
+        .await;
+    for _ in 0..6 {
+        let (status, _, _) = chat(&s.deps, &completion("x")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        calls(primary),
+        1,
+        "one 429, then the primary was left alone"
+    );
+    assert_eq!(calls(secondary), 6);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fault(primary, FaultMode::None).await;
+    let (status, _, _) = chat(&s.deps, &completion("x")).await;
+    assert_eq!(status, 200);
+    assert_eq!(calls(primary), 2, "used again once Retry-After passed");
+}
+
+#[tokio::test]
+async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
+    // Breakers effectively off, so that only the budget limits retries.
+    let knobs = [
+        ("BREAKER_CONSECUTIVE_FAILURES", "100000"),
+        ("BREAKER_MIN_CALLS", "100000"),
+        ("FLEET_MAX_ATTEMPTS", "3"),
+        ("FLEET_RETRY_BUDGET_PERCENT", "0.1"),
+        ("FLEET_RETRY_BUDGET_MIN_PER_SEC", "1"),
+    ];
+    let s = setup(2, &knobs).await;
+    for sim in &s.sims {
+        sim.sim
+            .set_fault(Fault {
+                mode: FaultMode::Error,
+                status: Some(503),
+                ..Fault::default()
+            })
+            .await;
+    }
+    let requests = 100u64;
+    for _ in 0..requests {
+        let response = handle(&s.deps, json_request("POST", PATH, &completion("x"), None)).await;
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let attempts: u64 = s.sims.iter().map(calls).sum();
+    let ratio = attempts as f64 / requests as f64;
+    println!(
+        "total outage: {attempts} upstream attempts for {requests} requests ({ratio:.2} per request)"
+    );
+    // Without a budget: 3 per request. With it: 1 + 10 % + the floor (1/s over 10 s).
+    assert!(
+        attempts <= requests + requests / 10 + 10 + 2,
+        "{attempts} attempts"
+    );
+    assert!(attempts > requests, "some retries were allowed");
+}
+
+#[tokio::test]
+async fn the_bulkhead_sheds_at_once_beyond_its_limit() {
+    let s = setup(
+        1,
+        &[
+            ("FLEET_TOTAL_CONCURRENCY", "2"),
+            ("FLEET_ATTEMPT_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    s.sims[0]
+        .sim
+        .set_behaviour(Behaviour {
+            latency_ms: 400,
+            ..Behaviour::default()
+        })
+        .await;
+    let body = completion("x");
+    let calls_in_flight = (0..6).map(|_| chat(&s.deps, &body));
+    let results = futures_util::future::join_all(calls_in_flight).await;
+    let ok = results
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .count();
+    let shed: Vec<_> = results
+        .iter()
+        .filter(|(status, _, _)| *status == 503)
+        .collect();
+    assert_eq!(ok, 2, "{results:?}");
+    assert_eq!(shed.len(), 4);
+    for (_, problem, elapsed) in shed {
+        assert!(
+            *elapsed < Duration::from_millis(200),
+            "shed answers at once: {elapsed:?}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains("overloaded"),
+            "{problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_before_its_first_token_fails_over() {
+    let s = setup(2, &[]).await;
+    s.sims[0]
+        .sim
+        .set_fault(Fault {
+            mode: FaultMode::SlowStart,
+            delay_ms: Some(5_000),
+            ..Fault::default()
+        })
+        .await;
+    let (status, text, elapsed) = stream(&s.deps, &streamed("alpha beta"), None).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("data: {"), "{text}");
+    assert!(
+        text.contains("alpha") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"choices\":[]"),
+        "usage chunk stripped when not asked for"
+    );
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    assert_eq!(s.sims[1].sim.counters.streams.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_stream_dropped_midway_ends_with_an_explicit_error_event() {
+    let s = setup(1, &[]).await;
+    s.sims[0]
+        .sim
+        .set_fault(Fault {
+            mode: FaultMode::DropStream,
+            after_chunks: Some(3),
+            ..Fault::default()
+        })
+        .await;
+    let (status, text, _) = stream(&s.deps, &streamed("one two three four five"), None).await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() >= 2, "{text}");
+    let last = events.last().unwrap();
+    assert!(last.starts_with("event: error\ndata: "), "{text}");
+    assert!(
+        last.contains("stream_interrupted") && last.contains("it-chat"),
+        "{last}"
+    );
+    assert!(
+        !text.contains("[DONE]"),
+        "a broken stream never claims to be complete"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_with_usage_requested_records_it_once() {
+    let s = setup(1, &[]).await;
+    let mut body = streamed("count me");
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, text, _) = stream(&s.deps, &body, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("\"choices\":[]") && text.contains("\"completion_tokens\":8"),
+        "{text}"
+    );
+    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
+    let items = dynamodb
+        .scan()
+        .table_name(s.stack.env("USAGE_TABLE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(items.items().len(), 1);
+    assert_eq!(items.items()[0]["requests"].as_n().unwrap(), "1");
+}
+
+#[tokio::test]
+async fn no_call_outlives_the_invocation_deadline() {
+    let s = setup(
+        2,
+        &[
+            ("FLEET_ATTEMPT_TIMEOUT_MS", "30000"),
+            ("FLEET_TTFT_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    for sim in &s.sims {
+        fault(sim, FaultMode::BlackHole).await;
+    }
+    for body in [completion("x"), streamed("x")] {
+        let started = Instant::now();
+        let response = handle_streaming(
+            &s.deps,
+            json_request("POST", PATH, &body, Some(Duration::from_millis(1000))),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(1000),
+            "answered after the deadline: {elapsed:?}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(600),
+            "used the time it had: {elapsed:?}"
+        );
+        assert!(
+            matches!(response.status().as_u16(), 503 | 504),
+            "{}",
+            response.status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_fleet_token_causes_no_failed_request() {
+    let stack = local_aws().provision(&unique_stack("chat-rotate"), &[]);
+    let secret_id = stack.env("FLEET_TOKEN_SECRET").to_owned();
+    let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
+    let current = |value: &str| value.to_owned();
+    let first = secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .map(current)
+        .unwrap();
+    let sim = start_sim().await;
+    sim.sim.set_tokens(vec![first.clone()]).await;
+    let deps = deps_for(
+        &stack,
+        &fleet_list(&[sim.base_url()]),
+        &[("FLEET_TOKEN_SECRET", &secret_id)],
+    )
+    .await;
+
+    let mut statuses = Vec::new();
+    for round in 0..6 {
+        if round == 3 {
+            // Rotation: the new token becomes current, and the fleet accepts only it.
+            secrets
+                .put_secret_value()
+                .secret_id(&secret_id)
+                .secret_string("rotated-token-2")
+                .send()
+                .await
+                .unwrap();
+            sim.sim.set_tokens(vec!["rotated-token-2".to_owned()]).await;
+        }
+        statuses.push(chat(&deps, &completion("x")).await.0);
+    }
+    assert_eq!(statuses, vec![200; 6]);
+    assert_eq!(
+        sim.sim.counters.unauthorized.load(Ordering::Relaxed),
+        1,
+        "one 401, then the re-read token"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_instance_skips_an_endpoint_the_probe_reported_down() {
+    let s = setup(2, &[("FLEET_ATTEMPT_TIMEOUT_MS", "2000")]).await;
+    fault(&s.sims[0], FaultMode::BlackHole).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
+    let health = SharedHealth::new(
+        dynamodb,
+        s.stack.env("STATE_TABLE").to_owned(),
+        Duration::from_secs(5),
+    );
+    health
+        .write(&SharedHealth::record_now(
+            "primary",
+            EndpointStatus::Down,
+            None,
+            2,
+        ))
+        .await
+        .unwrap();
+
+    let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
+    assert_eq!(status, 200);
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "paid the dead endpoint's 2 s timeout: {elapsed:?}"
+    );
+    assert_eq!(calls(&s.sims[0]), 0);
+}
+
+#[tokio::test]
+async fn every_endpoint_down_is_a_503_naming_no_internals() {
+    let stack = local_aws().provision(&unique_stack("chat-down"), &[]);
+    let deps = deps_for(
+        &stack,
+        &fleet_list(&[dead_endpoint(), dead_endpoint()]),
+        &[],
+    )
+    .await;
+    let response = handle(&deps, json_request("POST", PATH, &completion("x"), None)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem = body_json(&response);
+    assert_eq!(problem["type"], "urn:sophia:problem:dependency-unavailable");
+    assert!(!problem.to_string().contains("127.0.0.1"), "{problem}");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks whose figures are quoted in BENCHMARKS.md.
+# Bounded: each benchmark has a fixed number of runs and stops by itself.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+runs=${BENCH_RUNS:-30}
+
+echo "==> building release binaries for this host (same code and profile as the arm64 zips)"
+cargo build --release --locked -p api-health -p bench
+
+echo
+echo "==> cold start: api-health, $runs runs"
+target/release/coldstart --binary target/release/api-health --event events/api-health/health.json \
+  --runs "$runs" \
+  --env STATE_TABLE=bench-state --env JOBS_QUEUE_URL=http://127.0.0.1:9/q \
+  --env FLEET_ENDPOINTS=primary=http://127.0.0.1:9
+
+if ls target/lambda-arm64/*/bootstrap.zip >/dev/null 2>&1; then
+  echo
+  echo "==> arm64 zip sizes (from the last 'make build')"
+  make --no-print-directory sizes
+fi
