@@ -16,6 +16,10 @@ target/release/coldstart --binary target/release/api-health --event events/api-h
   --env STATE_TABLE=bench-state --env JOBS_QUEUE_URL=http://127.0.0.1:9/q \
   --env FLEET_ENDPOINTS=primary=http://127.0.0.1:9
 
+echo
+echo "==> api-chat: handler overhead and failover latency (its logs and EMF lines are discarded)"
+target/release/chat --rounds "${BENCH_CHAT_ROUNDS:-2000}" --failover-requests "${BENCH_FAILOVER_REQUESTS:-200}" >/dev/null
+
 if ls target/lambda-arm64/*/bootstrap.zip >/dev/null 2>&1; then
   echo
   echo "==> arm64 zip sizes (from the last 'make build')"

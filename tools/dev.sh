@@ -86,6 +86,17 @@ done
   --param "CorsAllowedOrigins=http://localhost:3000,http://127.0.0.1:3000" \
   --env-file "$state_dir/dev.env"
 
+# The simulators accept only the fleet token the local Secrets Manager holds, so the
+# functions' credential path (read, cache, re-read on 401) runs locally as in AWS.
+fleet_token=$("$python" - "http://127.0.0.1:$aws_port" "$stack" <<'PY'
+import sys, boto3
+client = boto3.client("secretsmanager", endpoint_url=sys.argv[1], region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+print(client.get_secret_value(SecretId=f"{sys.argv[2]}/fleet-token", VersionStage="AWSCURRENT")["SecretString"])
+PY
+)
+export FLEET_SIM_TOKEN=$fleet_token
+
 step 4/5 "starting ${#sim_ports[@]} fleet simulators"
 for i in "${!sim_ports[@]}"; do
   name=${sim_names[$i]:-fleet$i}
@@ -111,7 +122,8 @@ cat <<EOF
 
 Sophia Functions is running locally.
 
-  API            $base   (routes: /health, /ready)
+  API            $base   (routes: /health, /ready, POST /v1/chat/completions)
+  streamed chat  $base/lambda-url/api-chat-stream/v1/chat/completions   (the function URL locally)
   local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in .local/dev.env)
   fleet          $(printf '%s ' "${fleet//,/  }")
   logs           .local/*.log
@@ -119,6 +131,11 @@ Sophia Functions is running locally.
 Try:
   curl -i $base/health
   curl -s $base/ready | python3 -m json.tool
+  curl -s $base/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"sophia-small","messages":[{"role":"user","content":"hello Sophia"}]}'
+  curl -sN $base/lambda-url/api-chat-stream/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"sophia-small","stream":true,"messages":[{"role":"user","content":"stream to me"}]}'
+
   curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator
 
 Ctrl-C stops everything.

@@ -185,11 +185,17 @@ impl ApiError {
     }
 
     pub fn to_problem(&self, correlation_id: &str, instance: Option<&str>) -> Problem {
+        let detail = self.public_detail();
         Problem {
+            error: OpenAiError {
+                message: detail.clone(),
+                error_type: openai_error_type(self.status()).to_owned(),
+                code: self.slug().to_owned(),
+            },
             problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", self.slug()),
             title: self.title().to_owned(),
             status: self.status().as_u16(),
-            detail: self.public_detail(),
+            detail,
             instance: instance.map(str::to_owned),
             correlation_id: correlation_id.to_owned(),
             retryable: self.is_retryable(),
@@ -216,6 +222,28 @@ pub struct Problem {
     /// Extension member of the `not-ready` problem: per-dependency status.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub checks: Option<serde_json::Value>,
+    /// Extension member in OpenAI's error shape, so OpenAI SDKs show `detail`.
+    pub error: OpenAiError,
+}
+
+/// `{"message", "type", "code"}` as OpenAI-compatible clients read errors.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OpenAiError {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub code: String,
+}
+
+fn openai_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +319,9 @@ mod tests {
         assert_eq!(json["status"], 415);
         assert_eq!(json["correlation_id"], "abc-123");
         assert_eq!(json["instance"], "/v1/x");
+        assert_eq!(json["error"]["message"], json["detail"]);
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        assert_eq!(json["error"]["code"], "unsupported-media-type");
     }
 
     #[test]

@@ -35,7 +35,9 @@ use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
 use crate::request::{ChatRequest, Limits};
 use crate::usage::{PriceTable, Usage, UsageRecorder};
 
+/// Function names, used as the `Service` metric dimension.
 pub const SERVICE: &str = "api-chat";
+pub const STREAMING_SERVICE: &str = "api-chat-stream";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatRoute {
@@ -79,7 +81,11 @@ impl Deps {
     /// `FALLBACK_*`, `FLEET_*`, `BREAKER_*`) and the limits `CHAT_MAX_MESSAGES`
     /// (256), `CHAT_MAX_MESSAGE_CHARS` (100000), `CHAT_MAX_TOTAL_CHARS` (400000),
     /// `CHAT_MAX_TOKENS` (4096).
-    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+    pub fn from_env(
+        service: &'static str,
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, InitError> {
         let models = env.list("CHAT_MODELS");
         if models.is_empty() {
             return Err(ConfigError::new(
@@ -112,7 +118,7 @@ impl Deps {
             Some(health),
         )?;
         Ok(Self {
-            http: HttpPolicy::from_env(SERVICE, env)?,
+            http: HttpPolicy::from_env(service, env)?,
             limits,
             prices,
             fleet: Arc::new(fleet),
@@ -172,7 +178,15 @@ async fn complete(
     })?;
     tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
     let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
-    account(&deps.usage, &deps.prices, principal, &chat.model, &usage).await;
+    account(
+        &deps.usage,
+        &deps.prices,
+        deps.http.service,
+        principal,
+        &chat.model,
+        &usage,
+    )
+    .await;
     json_response(StatusCode::OK, &reply.body)
 }
 
@@ -181,13 +195,14 @@ async fn complete(
 async fn account(
     recorder: &UsageRecorder,
     prices: &PriceTable,
+    service: &'static str,
     principal: &Principal,
     model: &str,
     usage: &Usage,
 ) {
     let cost = prices.cost_micro_usd(model, usage);
     MetricSet::new("Sophia")
-        .dimension("Service", SERVICE)
+        .dimension("Service", service)
         .dimension("Model", model)
         .count("PromptTokens", usage.prompt_tokens as f64)
         .count("CompletionTokens", usage.completion_tokens as f64)
@@ -237,6 +252,7 @@ pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<Streami
             usage: None,
             wants_usage: chat.wants_stream_usage(),
             recorder: deps.usage.clone(),
+            service: deps.http.service,
             prices: deps.prices.clone(),
             principal,
             model: chat.model.clone(),
@@ -279,6 +295,7 @@ struct Pump {
     usage: Option<Usage>,
     wants_usage: bool,
     recorder: UsageRecorder,
+    service: &'static str,
     prices: PriceTable,
     principal: Principal,
     model: String,
@@ -357,6 +374,7 @@ impl Pump {
                 account(
                     &self.recorder,
                     &self.prices,
+                    self.service,
                     &self.principal,
                     &self.model,
                     &usage,
@@ -378,6 +396,7 @@ impl Pump {
             account(
                 &self.recorder,
                 &self.prices,
+                self.service,
                 &self.principal,
                 &self.model,
                 &usage,
@@ -414,6 +433,74 @@ fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offline_deps() -> Deps {
+        let env = [
+            ("CHAT_MODELS", "sophia-small"),
+            (
+                "PRICE_TABLE",
+                r#"{"sophia-small": {"prompt_per_mtok": 0.1, "completion_per_mtok": 0.3}}"#,
+            ),
+            ("STATE_TABLE", "state"),
+            ("USAGE_TABLE", "usage"),
+            // Nothing listens here; the requests below never get that far.
+            ("FLEET_ENDPOINTS", "primary=http://127.0.0.1:9"),
+        ];
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        Deps::from_env(SERVICE, &Env::new(&env), &sdk).unwrap()
+    }
+
+    fn event(function: &str, file: &str) -> Request {
+        let path = format!(
+            "{}/../../events/{function}/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The same files `cargo lambda invoke --data-file` uses; all are refused before any I/O.
+    #[tokio::test]
+    async fn invalid_sample_events_get_their_documented_problems() {
+        let deps = offline_deps();
+        for (file, status, slug) in [
+            ("malformed-body.json", 400, "malformed-json"),
+            ("unknown-field.json", 400, "invalid-request"),
+            ("unknown-model.json", 400, "invalid-request"),
+            ("wrong-content-type.json", 415, "unsupported-media-type"),
+            ("stream-on-buffered.json", 400, "invalid-request"),
+        ] {
+            let response = handle(&deps, event("api-chat", file)).await;
+            assert_eq!(response.status(), status, "{file}");
+            let problem: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            assert_eq!(
+                problem["type"],
+                format!("urn:sophia:problem:{slug}"),
+                "{file}"
+            );
+        }
+        let response =
+            handle_streaming(&deps, event("api-chat-stream", "malformed-body.json")).await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+
+    #[test]
+    fn missing_configuration_is_named() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let env = [("CHAT_MODELS", "m")];
+        let Err(InitError::Config(error)) = Deps::from_env(SERVICE, &Env::new(&env), &sdk) else {
+            panic!("expected a configuration error");
+        };
+        assert_eq!(error.variable, "PRICE_TABLE");
+    }
 
     #[test]
     fn events_split_on_blank_lines_of_either_style() {

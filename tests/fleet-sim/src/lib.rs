@@ -198,6 +198,11 @@ impl SimServer {
         format!("http://{}", self.addr)
     }
 
+    /// Requests received so far on every route but the controls.
+    pub fn requests(&self) -> u64 {
+        self.sim.counters.requests.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting and aborts every open connection; waits until done.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);

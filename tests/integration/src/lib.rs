@@ -225,3 +225,44 @@ pub fn json_request(
         }
     }
 }
+
+/// Serves `handle_streaming` of api-chat over real HTTP on a free loopback port,
+/// the way a function URL would, so real clients (the OpenAI SDK) can call it.
+/// The server stops when the returned handle is dropped.
+pub async fn serve_chat_over_http(
+    deps: std::sync::Arc<api_chat::handler::Deps>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::body::Body as AxumBody;
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let deps = deps.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let path = parts.uri.path().to_owned();
+            let mut lambda_request =
+                http::Request::from_parts(parts, lambda_http::Body::from(bytes.to_vec()));
+            *lambda_request.uri_mut() = path.parse().expect("path");
+            let response = api_chat::handler::handle_streaming(&deps, lambda_request).await;
+            let (parts, body) = response.into_parts();
+            let frames = body
+                .into_data_stream()
+                .map(|frame| frame.map_err(|never| match never {}));
+            axum::response::Response::from_parts(parts, AxumBody::from_stream(frames))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}

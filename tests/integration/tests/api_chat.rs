@@ -68,7 +68,7 @@ async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> D
         env.remove("FLEET_TOKEN_SECRET");
     }
     let sdk = sdk_config_for(&local_aws().endpoint).await;
-    Deps::from_env(&Env::new(&env), &sdk).unwrap()
+    Deps::from_env(api_chat::handler::STREAMING_SERVICE, &Env::new(&env), &sdk).unwrap()
 }
 
 async fn setup(sims: usize, extra: &[(&str, &str)]) -> Setup {
@@ -87,7 +87,7 @@ async fn setup(sims: usize, extra: &[(&str, &str)]) -> Setup {
 }
 
 fn calls(sim: &SimServer) -> u64 {
-    sim.sim.counters.requests.load(Ordering::Relaxed)
+    sim.requests()
 }
 
 async fn fault(sim: &SimServer, mode: FaultMode) {
@@ -110,12 +110,12 @@ async fn stream(deps: &Deps, body: &Value, deadline: Option<Duration>) -> (u16, 
     let started = Instant::now();
     let response = handle_streaming(deps, json_request("POST", PATH, body, deadline)).await;
     let status = response.status().as_u16();
+    (status, body_text(response).await, started.elapsed())
+}
+
+async fn body_text(response: http::Response<api_chat::handler::StreamingBody>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        String::from_utf8(bytes.to_vec()).unwrap(),
-        started.elapsed(),
-    )
+    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 #[tokio::test]
@@ -582,4 +582,52 @@ async fn every_endpoint_down_is_a_503_naming_no_internals() {
     let problem = body_json(&response);
     assert_eq!(problem["type"], "urn:sophia:problem:dependency-unavailable");
     assert!(!problem.to_string().contains("127.0.0.1"), "{problem}");
+}
+
+#[tokio::test]
+async fn the_official_openai_sdk_works_unchanged() {
+    let s = setup(1, &[]).await;
+    let (addr, _server) = harness::serve_chat_over_http(std::sync::Arc::new(s.deps)).await;
+    let output = tokio::process::Command::new(harness::python())
+        .arg(harness::workspace_root().join("tests/integration/openai_sdk_check.py"))
+        .arg(format!("http://{addr}/v1"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openai SDK check failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sample_events_get_their_documented_answers() {
+    let s = setup(1, &[]).await;
+    let response = handle(&s.deps, harness::http_event("api-chat", "completion.json")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_json(&response)["object"], "chat.completion");
+    assert_eq!(response.headers()["x-correlation-id"], "sample-completion");
+
+    let response = handle_streaming(
+        &s.deps,
+        harness::http_event("api-chat-stream", "stream.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = body_text(response).await;
+    assert!(
+        text.contains("\"usage\":{") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+
+    let response = handle_streaming(
+        &s.deps,
+        harness::http_event("api-chat-stream", "completion.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
 }

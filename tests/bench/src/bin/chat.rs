@@ -1,0 +1,251 @@
+//! api-chat benchmarks, measured side by side in one run against the same simulator.
+//!
+//! 1. Request-path overhead: each round makes one direct HTTP call to a fleet
+//!    simulator and one call through api-chat's handler (parsing, validation,
+//!    the resilient client, response building, usage accounting, logs and EMF) to
+//!    the same simulator, interleaved, and reports both and their paired
+//!    difference. DynamoDB is replaced by an in-process responder that answers at
+//!    once, so the figure is our own code and SDK work, not DynamoDB's service
+//!    time (a few ms in AWS, which is not ours to shave).
+//! 2. Failover: latency of requests while the primary is healthy versus
+//!    black-holed, with the production breaker settings.
+
+// A bench tool: failing loudly is right, and it calls the simulator directly on purpose.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use api_chat::handler::{Deps, SERVICE, handle};
+use aws_config::{BehaviorVersion, Region};
+use axum::http::HeaderMap;
+use clap::Parser;
+use fleet_sim::{Fault, FaultMode};
+use serde_json::{Value, json};
+use sophia_shared::config::Env;
+
+#[derive(Parser)]
+struct Args {
+    /// Interleaved rounds for the overhead comparison.
+    #[arg(long, default_value_t = 2000)]
+    rounds: usize,
+    /// Requests per phase of the failover comparison.
+    #[arg(long, default_value_t = 200)]
+    failover_requests: usize,
+}
+
+/// Answers the DynamoDB calls api-chat makes (UpdateItem, Query) at once.
+async fn instant_dynamodb() -> String {
+    let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        let target = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let body = if target.ends_with("Query") {
+            r#"{"Items":[],"Count":0,"ScannedCount":0}"#
+        } else {
+            "{}"
+        };
+        ([("content-type", "application/x-amz-json-1.0")], body)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn deps(fleet: &str, dynamodb: &str, extra: &[(&str, &str)]) -> Deps {
+    let mut env: HashMap<String, String> = [
+        ("CHAT_MODELS", "sophia-small"),
+        (
+            "PRICE_TABLE",
+            r#"{"sophia-small": {"prompt_per_mtok": 0.1, "completion_per_mtok": 0.3}}"#,
+        ),
+        ("STATE_TABLE", "bench-state"),
+        ("USAGE_TABLE", "bench-usage"),
+        ("FLEET_ENDPOINTS", fleet),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(dynamodb)
+        .region(Region::new("us-east-1"))
+        .test_credentials()
+        .load()
+        .await;
+    Deps::from_env(SERVICE, &Env::new(&env), &sdk).unwrap()
+}
+
+fn request(body: &Value) -> lambda_http::Request {
+    http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(lambda_http::Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+fn line(name: &str, values: &mut [f64]) {
+    let (p50, p99, max) = (
+        quantile(values, 0.5),
+        quantile(values, 0.99),
+        quantile(values, 1.0),
+    );
+    eprintln!("  {name:<44} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   max {max:>8.3} ms");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    // Logs and EMF are written to stdout as in Lambda, so their cost is paid as in
+    // production; the report goes to stderr (bench.sh discards stdout).
+    sophia_shared::observability::init_logging();
+
+    let dynamodb = instant_dynamodb().await;
+    let sim = fleet_sim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let body = json!({"model": "sophia-small", "messages": [{"role": "user", "content": "measure the overhead of the chat route please"}], "max_tokens": 16});
+    let chat = deps(&format!("primary={}", sim.base_url()), &dynamodb, &[]).await;
+    let direct = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/chat/completions", sim.base_url());
+
+    let (mut direct_ms, mut handler_ms, mut added_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds + 100 {
+        let started = Instant::now();
+        let reply: Value = direct
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let direct_elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        assert!(reply["usage"].is_object());
+
+        let started = Instant::now();
+        let response = handle(&chat, request(&body)).await;
+        let handler_elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(response.status(), 200);
+        if round >= 100 {
+            direct_ms.push(direct_elapsed);
+            handler_ms.push(handler_elapsed);
+            added_ms.push(handler_elapsed - direct_elapsed);
+        }
+    }
+    eprintln!(
+        "api-chat request path, {} interleaved rounds (after 100 warm-up), same simulator:",
+        args.rounds
+    );
+    line("direct HTTP call to the simulator", &mut direct_ms);
+    line("through api-chat's handler", &mut handler_ms);
+    line("added by the handler (paired difference)", &mut added_ms);
+
+    let primary = fleet_sim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let secondary = fleet_sim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let fleet = format!(
+        "primary={},secondary={}",
+        primary.base_url(),
+        secondary.base_url()
+    );
+    // Production defaults except the attempt timeout, which for a non-streamed
+    // completion is the time a black hole costs until the breaker opens.
+    let knobs = [("FLEET_ATTEMPT_TIMEOUT_MS", "1000")];
+    let mut phases = Vec::new();
+    for black_holed in [false, true] {
+        let chat = deps(&fleet, &dynamodb, &knobs).await;
+        if black_holed {
+            primary
+                .sim
+                .set_fault(Fault {
+                    mode: FaultMode::BlackHole,
+                    ..Fault::default()
+                })
+                .await;
+        }
+        let mut latencies = Vec::new();
+        for _ in 0..args.failover_requests {
+            let started = Instant::now();
+            let response = handle(&chat, request(&body)).await;
+            assert_eq!(response.status(), 200);
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let slow = latencies.iter().filter(|ms| **ms > 500.0).count();
+        phases.push((black_holed, latencies, slow));
+    }
+    eprintln!(
+        "\nfailover, {} requests per phase (fresh client each phase; attempt timeout 1 s; breaker opens after 5 failures):",
+        args.failover_requests
+    );
+    for (black_holed, mut latencies, slow) in phases {
+        let name = if black_holed {
+            "primary black-holed"
+        } else {
+            "primary healthy"
+        };
+        line(name, &mut latencies);
+        eprintln!(
+            "  {:<44} {slow} requests paid the dead primary's timeout",
+            ""
+        );
+    }
+
+    let requests = args.failover_requests;
+    eprintln!(
+        "\ntotal outage (every endpoint answers 503), {requests} requests, up to 3 attempts each:"
+    );
+    for (name, knobs) in [
+        (
+            "retry budget only (breakers off)",
+            vec![
+                ("BREAKER_CONSECUTIVE_FAILURES", "1000000"),
+                ("BREAKER_MIN_CALLS", "1000000"),
+            ],
+        ),
+        ("retry budget and breakers (production)", vec![]),
+    ] {
+        for sim in [&primary, &secondary] {
+            sim.sim
+                .set_fault(Fault {
+                    mode: FaultMode::Error,
+                    status: Some(503),
+                    ..Fault::default()
+                })
+                .await;
+        }
+        let before = primary.requests() + secondary.requests();
+        let chat = deps(&fleet, &dynamodb, &knobs).await;
+        for _ in 0..requests {
+            assert_eq!(handle(&chat, request(&body)).await.status(), 503);
+        }
+        let after = primary.requests() + secondary.requests();
+        let attempts = after - before;
+        eprintln!(
+            "  {name:<44} {attempts} upstream attempts = {:.2} per request (3.00 without budget or breakers)",
+            attempts as f64 / requests as f64
+        );
+    }
+}
