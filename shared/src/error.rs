@@ -30,6 +30,13 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allowed: String },
     #[error("origin {origin:?} is not allowed")]
     OriginNotAllowed { origin: String },
+    /// No valid access token. `invalid_token`: one was presented but refused.
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String, invalid_token: bool },
+    #[error("the access token lacks the {scope:?} scope")]
+    Forbidden { scope: String },
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u32 },
     #[error("{dependency} is unavailable")]
     DependencyUnavailable {
         dependency: &'static str,
@@ -76,7 +83,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::OriginNotAllowed { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DependencyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,9 +102,10 @@ impl ApiError {
     /// Whether the same request may succeed if the client sends it again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::DependencyUnavailable { .. } | Self::DeadlineExceeded | Self::NotReady { .. } => {
-                true
-            }
+            Self::DependencyUnavailable { .. }
+            | Self::DeadlineExceeded
+            | Self::NotReady { .. }
+            | Self::RateLimited { .. } => true,
             Self::MalformedJson { .. }
             | Self::TooDeep { .. }
             | Self::InvalidRequest { .. }
@@ -104,6 +114,8 @@ impl ApiError {
             | Self::RouteNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::OriginNotAllowed { .. }
+            | Self::Unauthorized { .. }
+            | Self::Forbidden { .. }
             | Self::UpstreamRejected { .. }
             | Self::BadGateway
             | Self::Internal { .. } => false,
@@ -121,6 +133,9 @@ impl ApiError {
             Self::RouteNotFound { .. } => "route-not-found",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::OriginNotAllowed { .. } => "origin-not-allowed",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Forbidden { .. } => "insufficient-scope",
+            Self::RateLimited { .. } => "rate-limited",
             Self::DependencyUnavailable { .. } => "dependency-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::NotReady { .. } => "not-ready",
@@ -140,6 +155,9 @@ impl ApiError {
             Self::RouteNotFound { .. } => "Not found",
             Self::MethodNotAllowed { .. } => "Method not allowed",
             Self::OriginNotAllowed { .. } => "Origin not allowed",
+            Self::Unauthorized { .. } => "Unauthorized",
+            Self::Forbidden { .. } => "Forbidden",
+            Self::RateLimited { .. } => "Too many requests",
             Self::DependencyUnavailable { .. } => "Service unavailable",
             Self::DeadlineExceeded => "Deadline exceeded",
             Self::NotReady { .. } => "Not ready",
@@ -168,6 +186,7 @@ impl ApiError {
             } => Some(*retry_after_secs),
             Self::DeadlineExceeded => Some(1),
             Self::NotReady { .. } => Some(5),
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -177,6 +196,29 @@ impl ApiError {
         let mut headers = Vec::new();
         if let Self::MethodNotAllowed { allowed, .. } = self {
             headers.push((http::header::ALLOW, allowed.clone()));
+        }
+        // RFC 6750 §3: say how to authenticate, and why a token was refused.
+        match self {
+            Self::Unauthorized {
+                invalid_token: false,
+                ..
+            } => {
+                headers.push((
+                    http::header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="sophia""#.to_owned(),
+                ));
+            }
+            Self::Unauthorized { reason, .. } => headers.push((
+                http::header::WWW_AUTHENTICATE,
+                format!(
+                    r#"Bearer realm="sophia", error="invalid_token", error_description="{reason}""#
+                ),
+            )),
+            Self::Forbidden { scope } => headers.push((
+                http::header::WWW_AUTHENTICATE,
+                format!(r#"Bearer realm="sophia", error="insufficient_scope", scope="{scope}""#),
+            )),
+            _ => {}
         }
         if let Some(secs) = self.retry_after_secs() {
             headers.push((http::header::RETRY_AFTER, secs.to_string()));
@@ -266,6 +308,16 @@ mod tests {
                 allowed: "GET".into(),
             },
             ApiError::OriginNotAllowed { origin: "o".into() },
+            ApiError::Unauthorized {
+                reason: "r".into(),
+                invalid_token: true,
+            },
+            ApiError::Forbidden {
+                scope: "admin".into(),
+            },
+            ApiError::RateLimited {
+                retry_after_secs: 3,
+            },
             ApiError::DependencyUnavailable {
                 dependency: "fleet",
                 retry_after_secs: 5,
@@ -285,9 +337,9 @@ mod tests {
     }
 
     #[test]
-    fn client_errors_are_never_retryable_and_are_4xx() {
+    fn client_errors_are_never_retryable_but_429() {
         for error in every_variant() {
-            if error.status().is_client_error() {
+            if error.status().is_client_error() && error.status() != StatusCode::TOO_MANY_REQUESTS {
                 assert!(!error.is_retryable(), "{error:?}");
             }
         }

@@ -57,6 +57,8 @@ pub struct HttpPolicy {
     pub max_body_bytes: usize,
     /// Time budget when no Lambda deadline is known (tests, local tools).
     pub default_budget: Duration,
+    /// Verifies bearer tokens for protected routes; required if any route is.
+    pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
 }
 
 impl HttpPolicy {
@@ -86,7 +88,14 @@ impl HttpPolicy {
             cors_allowed_origins: origins,
             max_body_bytes,
             default_budget: Duration::from_secs(10),
+            auth: None,
         })
+    }
+
+    /// The same policy, verifying tokens with `auth`.
+    pub fn with_auth(mut self, auth: std::sync::Arc<crate::auth::Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     fn origin_allowed(&self, origin: &str) -> bool {
@@ -96,21 +105,39 @@ impl HttpPolicy {
     }
 }
 
-/// One route of a function: method, path template (`/v1/jobs/{id}`) and the
-/// handler's own identifier for it.
+/// One route of a function: method, path template (`/v1/jobs/{id}`), the
+/// handler's own identifier for it, and the scope a caller's token must carry
+/// (`None`: public). Routes are declared with [`Route::public`] or
+/// [`Route::protected`], so being public is always a visible decision.
 #[derive(Debug, Clone)]
 pub struct Route<R> {
     pub method: Method,
     pub template: &'static str,
     pub id: R,
+    pub scope: Option<&'static str>,
 }
 
 impl<R> Route<R> {
-    pub const fn new(method: Method, template: &'static str, id: R) -> Self {
+    pub const fn public(method: Method, template: &'static str, id: R) -> Self {
         Self {
             method,
             template,
             id,
+            scope: None,
+        }
+    }
+
+    pub const fn protected(
+        method: Method,
+        template: &'static str,
+        id: R,
+        scope: &'static str,
+    ) -> Self {
+        Self {
+            method,
+            template,
+            id,
+            scope: Some(scope),
         }
     }
 }
@@ -127,9 +154,18 @@ pub struct ApiRequest<R> {
     pub body: Bytes,
     pub params: Vec<(&'static str, String)>,
     pub ctx: RequestContext,
+    /// Set on protected routes: the verified caller.
+    pub principal: Option<crate::auth::Principal>,
 }
 
 impl<R> ApiRequest<R> {
+    /// The verified caller of a protected route.
+    pub fn principal(&self) -> Result<&crate::auth::Principal, ApiError> {
+        self.principal.as_ref().ok_or_else(|| {
+            ApiError::internal("a handler asked for the principal of a public route")
+        })
+    }
+
     /// A path parameter by its template name.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
@@ -248,7 +284,12 @@ fn request_path(request: &Request) -> String {
 }
 
 enum RouteMatch<R> {
-    Found(R, &'static str, Vec<(&'static str, String)>),
+    Found(
+        R,
+        &'static str,
+        Option<&'static str>,
+        Vec<(&'static str, String)>,
+    ),
     WrongMethod(String),
     Missing,
 }
@@ -260,7 +301,7 @@ fn match_route<R: Copy>(routes: &[Route<R>], method: &Method, path: &str) -> Rou
             continue;
         };
         if route.method == *method {
-            return RouteMatch::Found(route.id, route.template, params);
+            return RouteMatch::Found(route.id, route.template, route.scope, params);
         }
         allowed.push(route.method.as_str());
     }
@@ -333,6 +374,7 @@ where
         trace_id = %ctx.trace.trace_id,
         method = %method,
         path = %path,
+        tenant = tracing::field::Empty,
     );
     let correlation_id = ctx.correlation_id.clone();
     let origin = request
@@ -401,8 +443,8 @@ where
             }),
         );
     }
-    let (route, template, params) = match match_route(routes, &method, &path) {
-        RouteMatch::Found(route, template, params) => (route, template, params),
+    let (route, template, scope, params) = match match_route(routes, &method, &path) {
+        RouteMatch::Found(route, template, scope, params) => (route, template, scope, params),
         RouteMatch::WrongMethod(allowed) => {
             let error = ApiError::MethodNotAllowed {
                 method: method.to_string(),
@@ -418,6 +460,20 @@ where
             return ("unmatched", Err(error));
         }
     };
+    let principal = match (scope, &policy.auth) {
+        (None, _) => None,
+        (Some(scope), Some(auth)) => match auth.authenticate(request.headers(), scope).await {
+            Ok(principal) => Some(principal),
+            Err(error) => return (template, Err(error)),
+        },
+        (Some(_), None) => {
+            let error = ApiError::internal("a protected route is served without an authenticator");
+            return (template, Err(error));
+        }
+    };
+    if let Some(principal) = &principal {
+        tracing::Span::current().record("tenant", principal.tenant.as_str());
+    }
     let query = request.uri().query().map(str::to_owned);
     let (parts, body) = request.into_parts();
     let body = match body {
@@ -436,6 +492,7 @@ where
         body,
         params,
         ctx,
+        principal,
     };
     (template, handler(api_request).await)
 }
@@ -545,9 +602,9 @@ mod tests {
     }
 
     const ROUTES: [Route<Id>; 3] = [
-        Route::new(Method::GET, "/v1/things", Id::List),
-        Route::new(Method::POST, "/v1/things", Id::Create),
-        Route::new(Method::GET, "/v1/things/{id}", Id::Get),
+        Route::public(Method::GET, "/v1/things", Id::List),
+        Route::public(Method::POST, "/v1/things", Id::Create),
+        Route::public(Method::GET, "/v1/things/{id}", Id::Get),
     ];
 
     fn policy() -> HttpPolicy {
@@ -556,6 +613,7 @@ mod tests {
             cors_allowed_origins: vec!["https://app.example.com".to_owned()],
             max_body_bytes: 64,
             default_budget: Duration::from_secs(1),
+            auth: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! What every Sophia function shares.
 //!
+//! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
 //! - [`error`]: the HTTP layer's error type and RFC 9457 problem documents;
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
@@ -8,6 +9,7 @@
 //! - [`outbound`]: the one client for outbound HTTP;
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
+pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod error;

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Calls Sophia's chat route with the official OpenAI Python SDK, unchanged.
 
-Usage: openai_sdk_check.py BASE_URL   (e.g. http://127.0.0.1:PORT/v1)
+Usage: openai_sdk_check.py BASE_URL ACCESS_TOKEN   (e.g. http://127.0.0.1:PORT/v1 eyJ...)
+The SDK sends its api_key as the bearer token, so a Sophia access token goes there.
 Exits non-zero with a message if anything differs from what the SDK expects.
 """
 
@@ -12,7 +13,7 @@ from openai import OpenAI
 
 
 def main() -> int:
-    client = OpenAI(base_url=sys.argv[1], api_key="unused-until-auth", max_retries=0, timeout=10)
+    client = OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0, timeout=10)
 
     reply = client.chat.completions.create(
         model="sophia-small",
@@ -45,6 +46,13 @@ def main() -> int:
     except openai.BadRequestError as error:
         assert error.status_code == 400
         assert "not available" in str(error), error
+
+    try:
+        OpenAI(base_url=sys.argv[1], api_key="not-a-token", max_retries=0).chat.completions.create(
+            model="sophia-small", messages=[{"role": "user", "content": "x"}])
+        raise AssertionError("a request without a valid token was accepted")
+    except openai.AuthenticationError as error:
+        assert error.status_code == 401, error
 
     print(f"openai {openai.__version__}: completion, stream and error handling behave as with OpenAI")
     return 0

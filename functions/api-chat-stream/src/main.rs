@@ -13,6 +13,7 @@ async fn main() -> Result<(), Error> {
     let env = Env::new(&ProcessEnv);
     let sdk = load_sdk_config(aws_settings(&env)?).await;
     let deps = Deps::from_env(STREAMING_SERVICE, &env, &sdk)
+        .await
         .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
     run_with_streaming_response(service_fn(|request| async {
         // Boxed: the nested future is deep enough to hit the compiler's layout depth limit.

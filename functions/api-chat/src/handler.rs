@@ -22,6 +22,7 @@ use http_body_util::StreamBody;
 use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use sophia_shared::ApiError;
+use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::health::SharedHealth;
@@ -44,10 +45,11 @@ pub enum ChatRoute {
     Completions,
 }
 
-pub const ROUTES: [Route<ChatRoute>; 1] = [Route::new(
+pub const ROUTES: [Route<ChatRoute>; 1] = [Route::protected(
     Method::POST,
     "/v1/chat/completions",
     ChatRoute::Completions,
+    SCOPE_CHAT,
 )];
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +67,6 @@ pub struct Deps {
     pub prices: PriceTable,
     pub fleet: Arc<FleetClient>,
     pub usage: UsageRecorder,
-    /// Until token authentication lands, every request is billed to this tenant.
-    pub default_tenant: String,
 }
 
 /// AWS settings come first: they are needed to build the SDK configuration that
@@ -81,10 +81,21 @@ impl Deps {
     /// `FALLBACK_*`, `FLEET_*`, `BREAKER_*`) and the limits `CHAT_MAX_MESSAGES`
     /// (256), `CHAT_MAX_MESSAGE_CHARS` (100000), `CHAT_MAX_TOTAL_CHARS` (400000),
     /// `CHAT_MAX_TOKENS` (4096).
-    pub fn from_env(
+    pub async fn from_env(
         service: &'static str,
         env: &Env<'_>,
         sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, InitError> {
+        let auth = Authenticator::from_env(env, sdk).await?;
+        Self::with_authenticator(service, env, sdk, auth)
+    }
+
+    /// Everything but the authenticator from the environment (tests give their own).
+    pub fn with_authenticator(
+        service: &'static str,
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        auth: Arc<Authenticator>,
     ) -> Result<Self, InitError> {
         let models = env.list("CHAT_MODELS");
         if models.is_empty() {
@@ -118,28 +129,24 @@ impl Deps {
             Some(health),
         )?;
         Ok(Self {
-            http: HttpPolicy::from_env(service, env)?,
+            http: HttpPolicy::from_env(service, env)?.with_auth(auth),
             limits,
             prices,
             fleet: Arc::new(fleet),
             usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
-            default_tenant: env
-                .optional("DEFAULT_TENANT")
-                .unwrap_or_else(|| "default".to_owned()),
         })
     }
 }
 
-/// Who is asking. The tenant will come from the verified access token (never
-/// from the body); until then it is the configured default.
+/// Who is asking: the tenant comes from the verified access token only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub tenant: String,
 }
 
-fn principal(deps: &Deps, _api: &ApiRequest<ChatRoute>) -> Result<Principal, ApiError> {
+fn principal(api: &ApiRequest<ChatRoute>) -> Result<Principal, ApiError> {
     Ok(Principal {
-        tenant: deps.default_tenant.clone(),
+        tenant: api.principal()?.tenant.clone(),
     })
 }
 
@@ -159,7 +166,7 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
 
 /// Authentication, parsing and validation, shared by both entry points.
 fn accept(deps: &Deps, api: &ApiRequest<ChatRoute>) -> Result<(Principal, ChatRequest), ApiError> {
-    let principal = principal(deps, api)?;
+    let principal = principal(api)?;
     let chat: ChatRequest = api.json()?;
     chat.validate(&deps.limits)?;
     Ok((principal, chat))
@@ -433,8 +440,18 @@ fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sophia_shared::auth::store::AuthStore;
+    use sophia_shared::auth::tokens::{KeyRing, SigningKey};
+    use sophia_shared::auth::{AuthSettings, KeySource};
 
-    fn offline_deps() -> Deps {
+    fn test_ring() -> KeyRing {
+        KeyRing::new(
+            SigningKey::new("test", b"unit-test-signing-key-material-32b!").unwrap(),
+            vec![],
+        )
+    }
+
+    async fn offline_deps() -> (Deps, String) {
         let env = [
             ("CHAT_MODELS", "sophia-small"),
             (
@@ -443,6 +460,10 @@ mod tests {
             ),
             ("STATE_TABLE", "state"),
             ("USAGE_TABLE", "usage"),
+            ("AUTH_TABLE", "auth"),
+            ("SIGNING_KEYS_SECRET", "keys"),
+            // Caches long enough that no request below reads DynamoDB.
+            ("REVOCATION_CACHE_MS", "600000"),
             // Nothing listens here; the requests below never get that far.
             ("FLEET_ENDPOINTS", "primary=http://127.0.0.1:9"),
         ];
@@ -450,21 +471,54 @@ mod tests {
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .build();
-        Deps::from_env(SERVICE, &Env::new(&env), &sdk).unwrap()
+        let settings = AuthSettings::from_env(&Env::new(&env)).unwrap();
+        let keys = KeySource::fixed(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            "keys".into(),
+            test_ring(),
+        );
+        let store = Arc::new(AuthStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            "auth".into(),
+        ));
+        let auth = Arc::new(Authenticator::new(&settings, Arc::new(keys), store));
+        auth.preload_revocations(Default::default()).await;
+        let token = settings
+            .policy
+            .sign(
+                &test_ring(),
+                &settings
+                    .policy
+                    .claims("key:test", "tenant-a", &["chat".into()], "fam"),
+            )
+            .unwrap();
+        (
+            Deps::with_authenticator(SERVICE, &Env::new(&env), &sdk, auth).unwrap(),
+            token,
+        )
     }
 
-    fn event(function: &str, file: &str) -> Request {
+    fn event(function: &str, file: &str, token: Option<&str>) -> Request {
         let path = format!(
             "{}/../../events/{function}/{file}",
             env!("CARGO_MANIFEST_DIR")
         );
-        lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        let mut request =
+            lambda_http::request::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
     }
 
-    /// The same files `cargo lambda invoke --data-file` uses; all are refused before any I/O.
+    /// The same files `cargo lambda invoke --data-file` uses, with a fresh token
+    /// added (a sample cannot hold one that stays valid); all are refused before
+    /// any network I/O.
     #[tokio::test]
     async fn invalid_sample_events_get_their_documented_problems() {
-        let deps = offline_deps();
+        let (deps, token) = offline_deps().await;
         for (file, status, slug) in [
             ("malformed-body.json", 400, "malformed-json"),
             ("unknown-field.json", 400, "invalid-request"),
@@ -472,7 +526,7 @@ mod tests {
             ("wrong-content-type.json", 415, "unsupported-media-type"),
             ("stream-on-buffered.json", 400, "invalid-request"),
         ] {
-            let response = handle(&deps, event("api-chat", file)).await;
+            let response = handle(&deps, event("api-chat", file, Some(&token))).await;
             assert_eq!(response.status(), status, "{file}");
             let problem: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
             assert_eq!(
@@ -481,8 +535,11 @@ mod tests {
                 "{file}"
             );
         }
-        let response =
-            handle_streaming(&deps, event("api-chat-stream", "malformed-body.json")).await;
+        let response = handle_streaming(
+            &deps,
+            event("api-chat-stream", "malformed-body.json", Some(&token)),
+        )
+        .await;
         assert_eq!(response.status(), 400);
         assert_eq!(
             response.headers()["content-type"],
@@ -490,16 +547,59 @@ mod tests {
         );
     }
 
-    #[test]
-    fn missing_configuration_is_named() {
+    #[tokio::test]
+    async fn without_a_token_every_sample_is_401_with_a_challenge() {
+        let (deps, _) = offline_deps().await;
+        for file in [
+            "completion.json",
+            "malformed-body.json",
+            "unknown-field.json",
+        ] {
+            let response = handle(&deps, event("api-chat", file, None)).await;
+            assert_eq!(response.status(), 401, "{file}");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                r#"Bearer realm="sophia""#
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_without_the_chat_scope_is_403() {
+        let (deps, _) = offline_deps().await;
+        let policy = AuthSettings::from_env(&Env::new(&[
+            ("AUTH_TABLE", "a"),
+            ("SIGNING_KEYS_SECRET", "k"),
+        ]))
+        .unwrap()
+        .policy;
+        let token = policy
+            .sign(
+                &test_ring(),
+                &policy.claims("s", "t", &["jobs".into()], "f"),
+            )
+            .unwrap();
+        let response = handle(&deps, event("api-chat", "completion.json", Some(&token))).await;
+        assert_eq!(response.status(), 403);
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("insufficient_scope")
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_configuration_is_named() {
         let sdk = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build();
         let env = [("CHAT_MODELS", "m")];
-        let Err(InitError::Config(error)) = Deps::from_env(SERVICE, &Env::new(&env), &sdk) else {
+        let Err(InitError::Config(error)) = Deps::from_env(SERVICE, &Env::new(&env), &sdk).await
+        else {
             panic!("expected a configuration error");
         };
-        assert_eq!(error.variable, "PRICE_TABLE");
+        assert_eq!(error.variable, "AUTH_TABLE");
     }
 
     #[test]

@@ -12,6 +12,7 @@ async fn main() -> Result<(), Error> {
     let env = Env::new(&ProcessEnv);
     let sdk = load_sdk_config(aws_settings(&env)?).await;
     let deps = Deps::from_env(SERVICE, &env, &sdk)
+        .await
         .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
     run(service_fn(|request| async {
         Ok::<_, std::convert::Infallible>(handle(&deps, request).await)

@@ -32,8 +32,8 @@ pub enum HealthRoute {
 }
 
 pub const ROUTES: [Route<HealthRoute>; 2] = [
-    Route::new(Method::GET, "/health", HealthRoute::Liveness),
-    Route::new(Method::GET, "/ready", HealthRoute::Readiness),
+    Route::public(Method::GET, "/health", HealthRoute::Liveness),
+    Route::public(Method::GET, "/ready", HealthRoute::Readiness),
 ];
 
 /// The item readiness reads: its absence is fine, only the round trip matters.

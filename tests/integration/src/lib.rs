@@ -266,3 +266,34 @@ pub async fn serve_chat_over_http(
     });
     (addr, task)
 }
+
+/// A valid access token for `tenant` with `scopes`, signed with the stack's
+/// signing keys as read from the local Secrets Manager (what api-auth does).
+pub async fn issue_token(stack: &Provisioned, tenant: &str, scopes: &[&str]) -> String {
+    use sophia_shared::auth::{AuthSettings, KeySource};
+    let settings = AuthSettings::from_env(&Env::new(&stack.env)).expect("auth settings");
+    let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
+    let keys = KeySource::load(secrets, settings.signing_keys_secret.clone())
+        .await
+        .expect("signing keys");
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+    let family = uuid::Uuid::new_v4().simple().to_string();
+    settings
+        .policy
+        .sign(
+            &keys.current().await,
+            &settings
+                .policy
+                .claims("test:user", tenant, &scopes, &family),
+        )
+        .expect("signing")
+}
+
+/// The request with `Authorization: Bearer <token>`.
+pub fn with_bearer(mut request: lambda_http::Request, token: &str) -> lambda_http::Request {
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}

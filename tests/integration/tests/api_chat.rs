@@ -43,10 +43,29 @@ const FAST: [(&str, &str); 6] = [
     ("FLEET_HEALTH_CACHE_MS", "1000"),
 ];
 
+/// api-chat's dependencies and a valid token of tenant `tenant-a` with scope `chat`.
+struct Chat {
+    deps: Deps,
+    token: String,
+}
+
+impl std::ops::Deref for Chat {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
+    }
+}
+
+impl Chat {
+    fn authorize(&self, request: lambda_http::Request) -> lambda_http::Request {
+        harness::with_bearer(request, &self.token)
+    }
+}
+
 struct Setup {
     stack: Provisioned,
     sims: Vec<SimServer>,
-    deps: Deps,
+    deps: Chat,
 }
 
 fn fleet_list(urls: &[String]) -> String {
@@ -58,7 +77,7 @@ fn fleet_list(urls: &[String]) -> String {
         .join(",")
 }
 
-async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> Deps {
+async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> Chat {
     let mut env: HashMap<String, String> = stack.env_with(&[("FLEET_ENDPOINTS", fleet)]);
     for (k, v) in FAST.iter().chain(extra) {
         env.insert((*k).to_owned(), (*v).to_owned());
@@ -68,7 +87,13 @@ async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> D
         env.remove("FLEET_TOKEN_SECRET");
     }
     let sdk = sdk_config_for(&local_aws().endpoint).await;
-    Deps::from_env(api_chat::handler::STREAMING_SERVICE, &Env::new(&env), &sdk).unwrap()
+    let deps = Deps::from_env(api_chat::handler::STREAMING_SERVICE, &Env::new(&env), &sdk)
+        .await
+        .unwrap();
+    Chat {
+        deps,
+        token: harness::issue_token(stack, "tenant-a", &["chat"]).await,
+    }
 }
 
 async fn setup(sims: usize, extra: &[(&str, &str)]) -> Setup {
@@ -99,16 +124,20 @@ async fn fault(sim: &SimServer, mode: FaultMode) {
         .await;
 }
 
-async fn chat(deps: &Deps, body: &Value) -> (u16, Value, Duration) {
+async fn chat(deps: &Chat, body: &Value) -> (u16, Value, Duration) {
     let started = Instant::now();
-    let response = handle(deps, json_request("POST", PATH, body, None)).await;
+    let response = handle(deps, deps.authorize(json_request("POST", PATH, body, None))).await;
     let elapsed = started.elapsed();
     (response.status().as_u16(), body_json(&response), elapsed)
 }
 
-async fn stream(deps: &Deps, body: &Value, deadline: Option<Duration>) -> (u16, String, Duration) {
+async fn stream(deps: &Chat, body: &Value, deadline: Option<Duration>) -> (u16, String, Duration) {
     let started = Instant::now();
-    let response = handle_streaming(deps, json_request("POST", PATH, body, deadline)).await;
+    let response = handle_streaming(
+        deps,
+        deps.authorize(json_request("POST", PATH, body, deadline)),
+    )
+    .await;
     let status = response.status().as_u16();
     (status, body_text(response).await, started.elapsed())
 }
@@ -138,7 +167,7 @@ async fn a_completion_is_answered_and_its_usage_recorded() {
         .query()
         .table_name(s.stack.env("USAGE_TABLE"))
         .key_condition_expression("pk = :pk")
-        .expression_attribute_values(":pk", AttributeValue::S("tenant#default".into()))
+        .expression_attribute_values(":pk", AttributeValue::S("tenant#tenant-a".into()))
         .send()
         .await
         .unwrap();
@@ -187,7 +216,7 @@ async fn invalid_requests_get_4xx_problems_and_never_reach_the_fleet() {
         .header("content-type", "application/json")
         .body(lambda_http::Body::from("{\"model\": "))
         .unwrap();
-    assert_eq!(handle(&s.deps, raw).await.status(), 400);
+    assert_eq!(handle(&s.deps, s.deps.authorize(raw)).await.status(), 400);
     assert_eq!(calls(&s.sims[0]), 0);
 }
 
@@ -319,7 +348,12 @@ async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
     }
     let requests = 100u64;
     for _ in 0..requests {
-        let response = handle(&s.deps, json_request("POST", PATH, &completion("x"), None)).await;
+        let response = handle(
+            &s.deps,
+            s.deps
+                .authorize(json_request("POST", PATH, &completion("x"), None)),
+        )
+        .await;
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key("retry-after"));
     }
@@ -470,7 +504,12 @@ async fn no_call_outlives_the_invocation_deadline() {
         let started = Instant::now();
         let response = handle_streaming(
             &s.deps,
-            json_request("POST", PATH, &body, Some(Duration::from_millis(1000))),
+            s.deps.authorize(json_request(
+                "POST",
+                PATH,
+                &body,
+                Some(Duration::from_millis(1000)),
+            )),
         )
         .await;
         let elapsed = started.elapsed();
@@ -576,7 +615,11 @@ async fn every_endpoint_down_is_a_503_naming_no_internals() {
         &[],
     )
     .await;
-    let response = handle(&deps, json_request("POST", PATH, &completion("x"), None)).await;
+    let response = handle(
+        &deps,
+        deps.authorize(json_request("POST", PATH, &completion("x"), None)),
+    )
+    .await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let problem = body_json(&response);
@@ -587,10 +630,12 @@ async fn every_endpoint_down_is_a_503_naming_no_internals() {
 #[tokio::test]
 async fn the_official_openai_sdk_works_unchanged() {
     let s = setup(1, &[]).await;
-    let (addr, _server) = harness::serve_chat_over_http(std::sync::Arc::new(s.deps)).await;
+    let token = s.deps.token.clone();
+    let (addr, _server) = harness::serve_chat_over_http(std::sync::Arc::new(s.deps.deps)).await;
     let output = tokio::process::Command::new(harness::python())
         .arg(harness::workspace_root().join("tests/integration/openai_sdk_check.py"))
         .arg(format!("http://{addr}/v1"))
+        .arg(&token)
         .output()
         .await
         .unwrap();
@@ -605,14 +650,20 @@ async fn the_official_openai_sdk_works_unchanged() {
 #[tokio::test]
 async fn sample_events_get_their_documented_answers() {
     let s = setup(1, &[]).await;
-    let response = handle(&s.deps, harness::http_event("api-chat", "completion.json")).await;
+    let response = handle(
+        &s.deps,
+        s.deps
+            .authorize(harness::http_event("api-chat", "completion.json")),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(body_json(&response)["object"], "chat.completion");
     assert_eq!(response.headers()["x-correlation-id"], "sample-completion");
 
     let response = handle_streaming(
         &s.deps,
-        harness::http_event("api-chat-stream", "stream.json"),
+        s.deps
+            .authorize(harness::http_event("api-chat-stream", "stream.json")),
     )
     .await;
     assert_eq!(response.status(), 200);
@@ -625,7 +676,8 @@ async fn sample_events_get_their_documented_answers() {
 
     let response = handle_streaming(
         &s.deps,
-        harness::http_event("api-chat-stream", "completion.json"),
+        s.deps
+            .authorize(harness::http_event("api-chat-stream", "completion.json")),
     )
     .await;
     assert_eq!(response.status(), 200);

@@ -1,0 +1,214 @@
+//! `POST /v1/auth/token`: an API key for an access token (minutes) and a refresh
+//! token (days). `POST /v1/auth/refresh`: a refresh token for a new pair; the
+//! presented refresh token is spent, and presenting a spent one again revokes
+//! the whole family (both the thief's and the owner's tokens stop working).
+//! `POST /v1/auth/revoke`: revokes the family of a refresh token (RFC 7009:
+//! answers 200 whether or not the token was valid, so it reveals nothing).
+//!
+//! Credentials travel in JSON bodies and are never logged; failures answer 401
+//! with one generic sentence so a caller cannot probe which part was wrong.
+
+use std::sync::Arc;
+
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde::{Deserialize, Serialize};
+use sophia_shared::ApiError;
+use sophia_shared::auth::store::{AuthStore, Rotation};
+use sophia_shared::auth::tokens::{API_KEY_PREFIX, Opaque, REFRESH_PREFIX};
+use sophia_shared::auth::{AuthSettings, KeySource};
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+
+pub const SERVICE: &str = "api-auth";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRoute {
+    Token,
+    Refresh,
+    Revoke,
+}
+
+/// Public: these routes are how a caller gets a token in the first place.
+pub const ROUTES: [Route<AuthRoute>; 3] = [
+    Route::public(Method::POST, "/v1/auth/token", AuthRoute::Token),
+    Route::public(Method::POST, "/v1/auth/refresh", AuthRoute::Refresh),
+    Route::public(Method::POST, "/v1/auth/revoke", AuthRoute::Revoke),
+];
+
+pub struct Deps {
+    pub http: HttpPolicy,
+    pub settings: AuthSettings,
+    pub keys: Arc<KeySource>,
+    pub store: AuthStore,
+}
+
+impl Deps {
+    pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        let settings = AuthSettings::from_env(env)?;
+        let keys = KeySource::load(
+            aws_sdk_secretsmanager::Client::new(sdk),
+            settings.signing_keys_secret.clone(),
+        )
+        .await
+        .map_err(|problem| ConfigError::new("SIGNING_KEYS_SECRET", problem))?;
+        Ok(Self {
+            http: HttpPolicy::from_env(SERVICE, env)?,
+            store: AuthStore::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone()),
+            settings,
+            keys: Arc::new(keys),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    api_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// RFC 6749 §5.1 token response.
+#[derive(Debug, Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+    scope: String,
+}
+
+pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
+    serve(&deps.http, &ROUTES, request, |api| route(deps, api)).await
+}
+
+fn refused() -> ApiError {
+    ApiError::Unauthorized {
+        reason: "the credentials are invalid, expired or revoked".to_owned(),
+        invalid_token: true,
+    }
+}
+
+fn store_failed(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "auth store failed");
+    ApiError::DependencyUnavailable {
+        dependency: "authentication",
+        retry_after_secs: 2,
+    }
+}
+
+async fn route(deps: &Deps, api: ApiRequest<AuthRoute>) -> Result<Response<Body>, ApiError> {
+    match api.route {
+        AuthRoute::Token => {
+            let request: TokenRequest = api.json()?;
+            let key =
+                Opaque::parse(API_KEY_PREFIX, request.api_key.trim(), 1).ok_or_else(refused)?;
+            let record = deps
+                .store
+                .api_key(&key.ids[0])
+                .await
+                .map_err(store_failed)?
+                .ok_or_else(refused)?;
+            if record.revoked
+                || !sophia_shared::auth::tokens::secret_matches(&key.secret, &record.hash)
+            {
+                tracing::info!(key_id = %record.id, "token request refused");
+                return Err(refused());
+            }
+            let subject = format!("key:{}", record.id);
+            let (family, refresh) = deps
+                .store
+                .create_family(
+                    &record.tenant,
+                    &subject,
+                    &record.scopes,
+                    deps.settings.policy.refresh_ttl_secs,
+                )
+                .await
+                .map_err(store_failed)?;
+            tracing::info!(key_id = %record.id, tenant = %record.tenant, family = %family.id, "access token issued");
+            issue(
+                deps,
+                &family.tenant,
+                &subject,
+                &family.scopes,
+                &family.id,
+                &refresh,
+            )
+            .await
+        }
+        AuthRoute::Refresh => {
+            let request: RefreshRequest = api.json()?;
+            let presented = Opaque::parse(REFRESH_PREFIX, request.refresh_token.trim(), 2)
+                .ok_or_else(refused)?;
+            let policy = &deps.settings.policy;
+            match deps
+                .store
+                .rotate(&presented, policy.refresh_ttl_secs, policy.access_ttl_secs)
+                .await
+                .map_err(store_failed)?
+            {
+                Rotation::Rotated(family, next) => {
+                    tracing::info!(family = %family.id, tenant = %family.tenant, "refresh token rotated");
+                    issue(
+                        deps,
+                        &family.tenant,
+                        &family.subject,
+                        &family.scopes,
+                        &family.id,
+                        &next,
+                    )
+                    .await
+                }
+                Rotation::ReuseDetected(family) => {
+                    tracing::warn!(family = %family.id, tenant = %family.tenant, "refresh token reuse: family revoked");
+                    Err(refused())
+                }
+                Rotation::Revoked | Rotation::Invalid => Err(refused()),
+            }
+        }
+        AuthRoute::Revoke => {
+            let request: RefreshRequest = api.json()?;
+            if let Some(presented) = Opaque::parse(REFRESH_PREFIX, request.refresh_token.trim(), 2)
+                && let Some(family) = deps
+                    .store
+                    .revoke_presented(&presented, deps.settings.policy.access_ttl_secs)
+                    .await
+                    .map_err(store_failed)?
+            {
+                tracing::info!(family = %family.id, tenant = %family.tenant, "token family revoked on request");
+            }
+            json_response(StatusCode::OK, &serde_json::json!({ "revoked": true }))
+        }
+    }
+}
+
+async fn issue(
+    deps: &Deps,
+    tenant: &str,
+    subject: &str,
+    scopes: &[String],
+    family: &str,
+    refresh: &Opaque,
+) -> Result<Response<Body>, ApiError> {
+    let policy = &deps.settings.policy;
+    let ring = deps.keys.current().await;
+    let access_token = policy
+        .sign(&ring, &policy.claims(subject, tenant, scopes, family))
+        .map_err(ApiError::internal)?;
+    json_response(
+        StatusCode::OK,
+        &TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: policy.access_ttl_secs,
+            refresh_token: refresh.render(REFRESH_PREFIX),
+            scope: scopes.join(" "),
+        },
+    )
+}

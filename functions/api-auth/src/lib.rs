@@ -1,0 +1,2 @@
+//! api-auth: API keys in, short-lived access tokens and rotating refresh tokens out.
+pub mod handler;

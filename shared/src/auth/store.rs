@@ -1,0 +1,475 @@
+//! API keys, refresh-token families and revocations in the auth table.
+//!
+//! Items (`pk`, `sk`):
+//! - `apikey#<id>`, `apikey`: tenant, scopes, name, hash, created_at, revoked;
+//! - `family#<id>`, `family`: tenant, subject, scopes, current token id and hash,
+//!   revoked, expires_at (TTL);
+//! - `revoked-family`, `<family id>`: marker read by every verifier (cached),
+//!   expires_at = when the family's last access token has expired anyway.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use tokio::sync::Mutex;
+
+use super::tokens::{Opaque, now_secs, secret_hash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("auth table: {0}")]
+    Aws(String),
+    #[error("auth table item is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> StoreError {
+    StoreError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub scopes: Vec<String>,
+    pub name: String,
+    pub hash: String,
+    pub revoked: bool,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub current: String,
+    pub hash: String,
+    pub revoked: bool,
+    pub expires_at: u64,
+}
+
+/// Outcome of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was current: here is the family and the new refresh token.
+    Rotated(FamilyRecord, Opaque),
+    /// Unknown family, wrong secret, or expired.
+    Invalid,
+    /// An already used token was presented: the family is now revoked.
+    ReuseDetected(FamilyRecord),
+    /// The family was revoked before.
+    Revoked,
+}
+
+#[derive(Debug)]
+pub struct AuthStore {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn list(values: &[String]) -> AttributeValue {
+    AttributeValue::L(values.iter().map(|v| s(v)).collect())
+}
+
+struct Item<'a>(&'a HashMap<String, AttributeValue>);
+
+impl Item<'_> {
+    fn text(&self, name: &'static str) -> Result<String, StoreError> {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .ok_or(StoreError::Malformed(name))
+    }
+    fn number(&self, name: &'static str) -> u64 {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn flag(&self, name: &'static str) -> bool {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false)
+    }
+    fn strings(&self, name: &'static str) -> Vec<String> {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_l().ok())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_s().ok().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl AuthStore {
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { dynamodb, table }
+    }
+
+    /// Creates an API key; the plaintext is returned once and never stored.
+    pub async fn create_api_key(
+        &self,
+        tenant: &str,
+        scopes: &[String],
+        name: &str,
+    ) -> Result<(ApiKeyRecord, String), StoreError> {
+        let key = Opaque::generate(1);
+        let id = key.ids[0].clone();
+        let record = ApiKeyRecord {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            scopes: scopes.to_vec(),
+            name: name.to_owned(),
+            hash: secret_hash(&key.secret),
+            revoked: false,
+            created_at: now_secs(),
+        };
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&format!("apikey#{id}")))
+            .item("sk", s("apikey"))
+            .item("tenant", s(tenant))
+            .item("scopes", list(scopes))
+            .item("name", s(name))
+            .item("hash", s(&record.hash))
+            .item("revoked", AttributeValue::Bool(false))
+            .item("created_at", n(record.created_at))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(aws)?;
+        Ok((record, key.render(super::tokens::API_KEY_PREFIX)))
+    }
+
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("apikey#{id}")))
+            .key("sk", s("apikey"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        let Some(item) = output.item() else {
+            return Ok(None);
+        };
+        let item = Item(item);
+        Ok(Some(ApiKeyRecord {
+            id: id.to_owned(),
+            tenant: item.text("tenant")?,
+            scopes: item.strings("scopes"),
+            name: item.text("name").unwrap_or_default(),
+            hash: item.text("hash")?,
+            revoked: item.flag("revoked"),
+            created_at: item.number("created_at"),
+        }))
+    }
+
+    /// Starts a refresh-token family for a subject; returns the first refresh token.
+    pub async fn create_family(
+        &self,
+        tenant: &str,
+        subject: &str,
+        scopes: &[String],
+        ttl_secs: u64,
+    ) -> Result<(FamilyRecord, Opaque), StoreError> {
+        let token = Opaque::generate(2);
+        let record = FamilyRecord {
+            id: token.ids[0].clone(),
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            scopes: scopes.to_vec(),
+            current: token.ids[1].clone(),
+            hash: secret_hash(&token.secret),
+            revoked: false,
+            expires_at: now_secs() + ttl_secs,
+        };
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&format!("family#{}", record.id)))
+            .item("sk", s("family"))
+            .item("tenant", s(tenant))
+            .item("subject", s(subject))
+            .item("scopes", list(scopes))
+            .item("current", s(&record.current))
+            .item("hash", s(&record.hash))
+            .item("revoked", AttributeValue::Bool(false))
+            .item("expires_at", n(record.expires_at))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(aws)?;
+        Ok((record, token))
+    }
+
+    async fn family(&self, id: &str) -> Result<Option<FamilyRecord>, StoreError> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("family#{id}")))
+            .key("sk", s("family"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        let Some(item) = output.item() else {
+            return Ok(None);
+        };
+        let item = Item(item);
+        Ok(Some(FamilyRecord {
+            id: id.to_owned(),
+            tenant: item.text("tenant")?,
+            subject: item.text("subject")?,
+            scopes: item.strings("scopes"),
+            current: item.text("current")?,
+            hash: item.text("hash")?,
+            revoked: item.flag("revoked"),
+            expires_at: item.number("expires_at"),
+        }))
+    }
+
+    /// Presents a refresh token: rotates it when current; revokes the family when
+    /// an already used one comes back (RFC 6819 §5.2.2.3, OAuth 2.1 rotation).
+    pub async fn rotate(
+        &self,
+        presented: &Opaque,
+        ttl_secs: u64,
+        access_ttl_secs: u64,
+    ) -> Result<Rotation, StoreError> {
+        let (family_id, token_id) = (&presented.ids[0], &presented.ids[1]);
+        let Some(family) = self.family(family_id).await? else {
+            return Ok(Rotation::Invalid);
+        };
+        if family.revoked {
+            return Ok(Rotation::Revoked);
+        }
+        if family.expires_at <= now_secs() {
+            return Ok(Rotation::Invalid);
+        }
+        if &family.current != token_id {
+            // Only a token that really belonged to this family counts as reuse;
+            // ids alone are not secret enough to let anyone revoke families.
+            if !self.was_issued(&family, presented).await? {
+                return Ok(Rotation::Invalid);
+            }
+            self.revoke_family(&family, access_ttl_secs).await?;
+            return Ok(Rotation::ReuseDetected(family));
+        }
+        if !super::tokens::secret_matches(&presented.secret, &family.hash) {
+            return Ok(Rotation::Invalid);
+        }
+        let next = Opaque {
+            ids: vec![family.id.clone(), super::tokens::random_hex(8)],
+            secret: super::tokens::random_hex(32),
+        };
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("family#{}", family.id)))
+            .key("sk", s("family"))
+            .update_expression(
+                "SET #current = :next, #hash = :hash, expires_at = :expires ADD used_hashes :used",
+            )
+            .condition_expression("#current = :presented AND revoked = :false")
+            .expression_attribute_names("#current", "current")
+            .expression_attribute_names("#hash", "hash")
+            .expression_attribute_values(":next", s(&next.ids[1]))
+            .expression_attribute_values(":hash", s(&secret_hash(&next.secret)))
+            .expression_attribute_values(":expires", n(now_secs() + ttl_secs))
+            .expression_attribute_values(":used", AttributeValue::Ss(vec![family.hash.clone()]))
+            .expression_attribute_values(":presented", s(token_id))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Rotation::Rotated(family, next)),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                // Two presentations of one token raced: the loser is a reuse.
+                self.revoke_family(&family, access_ttl_secs).await?;
+                Ok(Rotation::ReuseDetected(family))
+            }
+            Err(error) => Err(aws(error)),
+        }
+    }
+
+    /// Whether `presented` is a refresh token this family issued before (its
+    /// secret's hash is among the used ones).
+    async fn was_issued(
+        &self,
+        family: &FamilyRecord,
+        presented: &Opaque,
+    ) -> Result<bool, StoreError> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("family#{}", family.id)))
+            .key("sk", s("family"))
+            .projection_expression("used_hashes")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        let used = output
+            .item()
+            .and_then(|item| item.get("used_hashes"))
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default();
+        Ok(used
+            .iter()
+            .any(|hash| super::tokens::secret_matches(&presented.secret, hash)))
+    }
+
+    /// Revokes a family: no refresh works any more, and verifiers reject its
+    /// access tokens once their revocation cache refreshes.
+    pub async fn revoke_family(
+        &self,
+        family: &FamilyRecord,
+        access_ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("family#{}", family.id)))
+            .key("sk", s("family"))
+            .update_expression("SET revoked = :true")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .send()
+            .await
+            .map_err(aws)?;
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s("revoked-family"))
+            .item("sk", s(&family.id))
+            .item("tenant", s(&family.tenant))
+            .item("expires_at", n(now_secs() + access_ttl_secs + 60))
+            .send()
+            .await
+            .map_err(aws)?;
+        Ok(())
+    }
+
+    /// Revokes the family of a presented refresh token if the token is genuine
+    /// (current or used before). Returns the family when something was revoked.
+    pub async fn revoke_presented(
+        &self,
+        presented: &Opaque,
+        access_ttl_secs: u64,
+    ) -> Result<Option<FamilyRecord>, StoreError> {
+        let Some(family) = self.family(&presented.ids[0]).await? else {
+            return Ok(None);
+        };
+        let genuine = (family.current == presented.ids[1]
+            && super::tokens::secret_matches(&presented.secret, &family.hash))
+            || self.was_issued(&family, presented).await?;
+        if !genuine {
+            return Ok(None);
+        }
+        self.revoke_family(&family, access_ttl_secs).await?;
+        Ok(Some(family))
+    }
+
+    async fn revoked_families(&self) -> Result<HashSet<String>, StoreError> {
+        let mut revoked = HashSet::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s("revoked-family"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(aws)?;
+            let now = now_secs();
+            for item in output.items() {
+                let item = Item(item);
+                if item.number("expires_at") > now
+                    && let Ok(id) = item.text("sk")
+                {
+                    revoked.insert(id);
+                }
+            }
+            start = output.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(revoked);
+            }
+        }
+    }
+}
+
+/// The revoked families, re-read at most every `ttl`: verification adds no
+/// round trip to a request except one per instance per `ttl`.
+#[derive(Debug)]
+pub struct RevocationCache {
+    store: std::sync::Arc<AuthStore>,
+    ttl: Duration,
+    cache: Mutex<(Option<Instant>, HashSet<String>)>,
+}
+
+impl RevocationCache {
+    pub fn new(store: std::sync::Arc<AuthStore>, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new((None, HashSet::new())),
+        }
+    }
+
+    /// Sets the list as if just read (offline tests, tools).
+    pub async fn preload(&self, families: HashSet<String>) {
+        *self.cache.lock().await = (Some(Instant::now()), families);
+    }
+
+    /// Whether `family` is revoked. When the list cannot be read and none was
+    /// read before, fails closed (the caller answers 503, not 200).
+    pub async fn is_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let mut cache = self.cache.lock().await;
+        let stale = cache.0.is_none_or(|at| at.elapsed() >= self.ttl);
+        if stale {
+            match self.store.revoked_families().await {
+                Ok(families) => *cache = (Some(Instant::now()), families),
+                Err(error) if cache.0.is_some() => {
+                    tracing::warn!(%error, "re-reading revocations failed; using the last list");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(cache.1.contains(family))
+    }
+}
