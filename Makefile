@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev test lint unit cfn-lint build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token test lint unit cfn-lint build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ $(TOOLS): tools/requirements.lock
 
 dev: setup ## run everything locally: local AWS + 2 fleet simulators + cargo lambda watch on :9000
 	@tools/dev.sh
+
+token: ## print a fresh access token for the running `make dev` (tenant dev, every scope)
+	@test -s .local/dev-api-key || { echo "no dev API key: start the stack with 'make dev' first" >&2; exit 2; }
+	@curl -fsS -X POST http://127.0.0.1:$${SOPHIA_PORT:-9000}/v1/auth/token -H 'content-type: application/json' \
+		-d "{\"api_key\": \"$$(cat .local/dev-api-key)\"}" \
+		| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 
 test: setup lint unit cfn-lint ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint
 	@echo "==> all checks passed"
@@ -60,9 +66,8 @@ sizes: ## zip size of every built function
 		stat -c '%s %n' $$zip | awk '{split($$2, p, "/"); printf "  %-24s %6.2f MB\n", p[length(p)-1], $$1 / 1048576}'; \
 	done
 
-invoke: setup ## invoke a function under a running `make dev`: make invoke FN=api-health EVENT=ready
-	@test -f events/$(FN)/$(EVENT).json || { echo "no such event: events/$(FN)/$(EVENT).json"; ls events/$(FN); exit 2; }
-	@cargo lambda invoke $(FN) --invoke-address 127.0.0.1 --invoke-port $${SOPHIA_PORT:-9000} --data-file events/$(FN)/$(EVENT).json
+invoke: setup ## invoke a function under a running `make dev`: make invoke FN=api-chat EVENT=completion
+	@tools/invoke.sh $(FN) $(EVENT)
 
 provision: setup ## provision a running local AWS again (after editing infra/template.yaml)
 	@$(PYTHON) infra/provision.py --endpoint http://127.0.0.1:$${SOPHIA_AWS_PORT:-5055} \

@@ -97,6 +97,15 @@ PY
 )
 export FLEET_SIM_TOKEN=$fleet_token
 
+# A dev tenant with an admin API key (every scope); `make token` trades it for
+# an access token. The plaintext exists only in .local/dev-api-key (mode 0600).
+(
+  set -a; . "$state_dir/dev.env"; set +a
+  AWS_ENDPOINT_URL="http://127.0.0.1:$aws_port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test \
+    AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true \
+    "$root/target/debug/sophia-dev" bootstrap-key --tenant dev --out "$state_dir/dev-api-key"
+)
+
 step 4/5 "starting ${#sim_ports[@]} fleet simulators"
 for i in "${!sim_ports[@]}"; do
   name=${sim_names[$i]:-fleet$i}
@@ -122,7 +131,8 @@ cat <<EOF
 
 Sophia Functions is running locally.
 
-  API            $base   (routes: /health, /ready, POST /v1/chat/completions)
+  API            $base   (routes: /health, /ready, POST /v1/auth/{token,refresh,revoke}, POST /v1/chat/completions)
+  dev API key    $(cat "$state_dir/dev-api-key")   (tenant 'dev', every scope; also in .local/dev-api-key)
   streamed chat  $base/lambda-url/api-chat-stream/v1/chat/completions   (the function URL locally)
   local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in .local/dev.env)
   fleet          $(printf '%s ' "${fleet//,/  }")
@@ -131,9 +141,10 @@ Sophia Functions is running locally.
 Try:
   curl -i $base/health
   curl -s $base/ready | python3 -m json.tool
-  curl -s $base/v1/chat/completions -H 'content-type: application/json' \\
+  TOKEN=\$(make -s token)      # a fresh access token for the dev tenant
+  curl -s $base/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -d '{"model":"sophia-small","messages":[{"role":"user","content":"hello Sophia"}]}'
-  curl -sN $base/lambda-url/api-chat-stream/v1/chat/completions -H 'content-type: application/json' \\
+  curl -sN $base/lambda-url/api-chat-stream/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -d '{"model":"sophia-small","stream":true,"messages":[{"role":"user","content":"stream to me"}]}'
 
   curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator

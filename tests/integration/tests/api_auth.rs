@@ -413,3 +413,16 @@ async fn no_secret_token_or_key_appears_in_any_log_line() {
         assert!(!logs.contains(secret), "the {name} appears in the logs");
     }
 }
+
+#[tokio::test]
+async fn sample_events_get_their_documented_answers() {
+    let s = stack().await;
+    for (file, status) in [
+        ("token-bad-key.json", 401),
+        ("refresh-malformed.json", 400),
+        ("revoke-unknown.json", 200),
+    ] {
+        let response = auth(&s.auth, harness::http_event("api-auth", file)).await;
+        assert_eq!(response.status(), status, "{file}");
+    }
+}
