@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::config::{ConfigError, Env};
 use crate::error::{ApiError, PROBLEM_CONTENT_TYPE};
 use crate::observability::{self, MetricSet, RequestContext, TraceContext};
+use crate::ratelimit::Decision;
 
 pub const METRICS_NAMESPACE: &str = "Sophia";
 /// JSON bodies deeper than this are rejected before deserialization: no request
@@ -59,6 +60,8 @@ pub struct HttpPolicy {
     pub default_budget: Duration,
     /// Verifies bearer tokens for protected routes; required if any route is.
     pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
+    /// Per-IP and per-principal limits shared across instances.
+    pub limits: Option<std::sync::Arc<crate::ratelimit::RateLimits>>,
 }
 
 impl HttpPolicy {
@@ -89,7 +92,17 @@ impl HttpPolicy {
             max_body_bytes,
             default_budget: Duration::from_secs(10),
             auth: None,
+            limits: None,
         })
+    }
+
+    /// The same policy, enforcing `limits` on every routed request.
+    pub fn with_rate_limits(
+        mut self,
+        limits: std::sync::Arc<crate::ratelimit::RateLimits>,
+    ) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// The same policy, verifying tokens with `auth`.
@@ -384,12 +397,16 @@ where
         .map(str::to_owned);
 
     async move {
-        let (template, outcome) = route_and_handle(policy, routes, request, ctx, handler).await;
+        let (template, outcome, limit) =
+            route_and_handle(policy, routes, request, ctx, handler).await;
         let mut response = match outcome {
             Ok(response) => response,
             Err(error) => problem_response(&error, &correlation_id, &path),
         };
         finish(policy, &mut response, &correlation_id, origin.as_deref());
+        if let Some(limit) = limit {
+            rate_limit_headers(&mut response, &limit);
+        }
         let status = response.status().as_u16();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(status, latency_ms, route = template, "request completed");
@@ -420,7 +437,11 @@ async fn route_and_handle<R, F, Fut>(
     request: Request,
     ctx: RequestContext,
     handler: F,
-) -> (&'static str, Result<Response<Body>, ApiError>)
+) -> (
+    &'static str,
+    Result<Response<Body>, ApiError>,
+    Option<Decision>,
+)
 where
     R: Copy,
     F: FnOnce(ApiRequest<R>) -> Fut,
@@ -433,7 +454,11 @@ where
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if is_preflight {
-        return ("preflight", preflight(policy, routes, &request, &path));
+        return (
+            "preflight",
+            preflight(policy, routes, &request, &path),
+            None,
+        );
     }
     if request.body().len() > policy.max_body_bytes {
         return (
@@ -441,6 +466,7 @@ where
             Err(ApiError::PayloadTooLarge {
                 limit_bytes: policy.max_body_bytes,
             }),
+            None,
         );
     }
     let (route, template, scope, params) = match match_route(routes, &method, &path) {
@@ -450,30 +476,44 @@ where
                 method: method.to_string(),
                 allowed,
             };
-            return ("unmatched", Err(error));
+            return ("unmatched", Err(error), None);
         }
         RouteMatch::Missing => {
             let error = ApiError::RouteNotFound {
                 method: method.to_string(),
                 path,
             };
-            return ("unmatched", Err(error));
+            return ("unmatched", Err(error), None);
         }
     };
     let principal = match (scope, &policy.auth) {
         (None, _) => None,
         (Some(scope), Some(auth)) => match auth.authenticate(request.headers(), scope).await {
             Ok(principal) => Some(principal),
-            Err(error) => return (template, Err(error)),
+            Err(error) => return (template, Err(error), None),
         },
         (Some(_), None) => {
             let error = ApiError::internal("a protected route is served without an authenticator");
-            return (template, Err(error));
+            return (template, Err(error), None);
         }
     };
     if let Some(principal) = &principal {
         tracing::Span::current().record("tenant", principal.tenant.as_str());
     }
+    let limit = match &policy.limits {
+        None => None,
+        Some(limits) => {
+            let subject = principal.as_ref().map(|p| p.subject.as_str());
+            let decision = limits.check(&client_ip(&request), subject).await;
+            if !decision.allowed {
+                let error = ApiError::RateLimited {
+                    retry_after_secs: decision.retry_after_secs.min(u64::from(u32::MAX)) as u32,
+                };
+                return (template, Err(error), Some(decision));
+            }
+            Some(decision)
+        }
+    };
     let query = request.uri().query().map(str::to_owned);
     let (parts, body) = request.into_parts();
     let body = match body {
@@ -494,7 +534,7 @@ where
         ctx,
         principal,
     };
-    (template, handler(api_request).await)
+    (template, handler(api_request).await, limit)
 }
 
 fn preflight<R: Copy>(
@@ -532,6 +572,31 @@ fn preflight<R: Copy>(
         .header(header::ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE_SECS)
         .body(Body::Empty)
         .map_err(|error| ApiError::internal(format!("building a preflight response: {error}")))
+}
+
+/// The caller's address as API Gateway or the function URL saw it. Never taken
+/// from `X-Forwarded-For`, which the client controls.
+fn client_ip(request: &Request) -> String {
+    use lambda_http::request::RequestContext;
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
+        _ => None,
+    }
+    .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// IETF `RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limit_headers(response: &mut Response<Body>, decision: &Decision) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", decision.limit.to_string()),
+        ("ratelimit-remaining", decision.remaining.to_string()),
+        ("ratelimit-reset", decision.reset_secs.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
 }
 
 /// The problem+json response for an error; logs internal causes at error level.
@@ -614,6 +679,7 @@ mod tests {
             max_body_bytes: 64,
             default_budget: Duration::from_secs(1),
             auth: None,
+            limits: None,
         }
     }
 

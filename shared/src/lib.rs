@@ -6,6 +6,7 @@
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
 //! - [`http`]: the pipeline every API function runs its handler in;
 //! - [`aws`]: SDK configuration with explicit timeouts and retries;
+//! - [`ratelimit`]: rate limits shared across instances (GCRA in DynamoDB);
 //! - [`outbound`]: the one client for outbound HTTP;
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
@@ -17,5 +18,6 @@ pub mod fleet;
 pub mod http;
 pub mod observability;
 pub mod outbound;
+pub mod ratelimit;
 
 pub use error::ApiError;

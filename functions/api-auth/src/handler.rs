@@ -19,6 +19,7 @@ use sophia_shared::auth::tokens::{API_KEY_PREFIX, Opaque, REFRESH_PREFIX};
 use sophia_shared::auth::{AuthSettings, KeySource};
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+use sophia_shared::ratelimit::RateLimits;
 
 pub const SERVICE: &str = "api-auth";
 
@@ -52,9 +53,12 @@ impl Deps {
         )
         .await
         .map_err(|problem| ConfigError::new("SIGNING_KEYS_SECRET", problem))?;
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        // Per-IP limits here slow down API-key guessing across every instance.
+        let limits = Arc::new(RateLimits::from_env(env, dynamodb.clone())?);
         Ok(Self {
-            http: HttpPolicy::from_env(SERVICE, env)?,
-            store: AuthStore::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone()),
+            http: HttpPolicy::from_env(SERVICE, env)?.with_rate_limits(limits),
+            store: AuthStore::new(dynamodb, settings.table.clone()),
             settings,
             keys: Arc::new(keys),
         })

@@ -32,6 +32,7 @@ use sophia_shared::fleet::{
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::observability::MetricSet;
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+use sophia_shared::ratelimit::RateLimits;
 
 use crate::request::{ChatRequest, Limits};
 use crate::usage::{PriceTable, Usage, UsageRecorder};
@@ -129,7 +130,9 @@ impl Deps {
             Some(health),
         )?;
         Ok(Self {
-            http: HttpPolicy::from_env(service, env)?.with_auth(auth),
+            http: HttpPolicy::from_env(service, env)?
+                .with_auth(auth)
+                .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
             limits,
             prices,
             fleet: Arc::new(fleet),

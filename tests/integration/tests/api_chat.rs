@@ -335,6 +335,8 @@ async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
         ("FLEET_MAX_ATTEMPTS", "3"),
         ("FLEET_RETRY_BUDGET_PERCENT", "0.1"),
         ("FLEET_RETRY_BUDGET_MIN_PER_SEC", "1"),
+        ("RATE_LIMIT_PRINCIPAL_BURST", "1000"),
+        ("RATE_LIMIT_IP_BURST", "1000"),
     ];
     let s = setup(2, &knobs).await;
     for sim in &s.sims {

@@ -1,0 +1,119 @@
+//! Rate limits shared across instances, against the local AWS.
+
+// Test code: a failed expectation should fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Instant;
+
+use harness::{body_json, json_request, local_aws, sdk_config_for, unique_stack};
+use serde_json::json;
+use sophia_shared::config::Env;
+
+async fn probe(endpoint: &str, table: &str, key: &str, requests: u32) -> u32 {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_limit-probe"))
+        .args([key, "60", "20", &requests.to_string()])
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("STATE_TABLE", table)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_processes_share_one_limit() {
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits"), &[]);
+    let table = stack.env("STATE_TABLE");
+    // 20 at once, then 1 per second. Each process alone would admit 20 of 60.
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        probe(&aws.endpoint, table, "shared", 60),
+        probe(&aws.endpoint, table, "shared", 60)
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let refill = elapsed.ceil() as u32;
+    println!("two processes admitted {a} + {b} of 120 in {elapsed:.2} s (limit: 20 + 1/s)");
+    assert!(a + b >= 20, "the burst is available: {a} + {b}");
+    assert!(
+        a + b <= 20 + refill,
+        "combined admissions stay at the limit: {a} + {b} in {elapsed:.2} s"
+    );
+    assert!(a > 0 && b > 0, "both processes took part: {a}, {b}");
+}
+
+#[tokio::test]
+async fn the_api_answers_429_with_retry_after_and_ratelimit_headers() {
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits-api"), &[]);
+    let env = stack.env_with(&[("RATE_LIMIT_IP_PER_MIN", "6"), ("RATE_LIMIT_IP_BURST", "3")]);
+    let sdk = sdk_config_for(&aws.endpoint).await;
+    let deps = api_auth::handler::Deps::from_env(&Env::new(&env), &sdk)
+        .await
+        .unwrap();
+    let body = json!({"api_key": "sk_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000"});
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let response =
+            api_auth::handler::handle(&deps, json_request("POST", "/v1/auth/token", &body, None))
+                .await;
+        statuses.push(response.status().as_u16());
+        last = Some(response);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429, 429],
+        "the burst of 3, then refused"
+    );
+    let limited = last.unwrap();
+    assert_eq!(limited.headers()["ratelimit-limit"], "3");
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        body_json(&limited)["type"],
+        "urn:sophia:problem:rate-limited"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_under_the_limit_are_all_admitted() {
+    use sophia_shared::ratelimit::{Limiter, Rule};
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits-burst"), &[]);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config().await);
+    // Five separate limiters stand for five instances, each with two requests in flight.
+    let limiters: Vec<Limiter> = (0..5)
+        .map(|_| Limiter::new(dynamodb.clone(), stack.env("STATE_TABLE").to_owned()))
+        .collect();
+    let rule = Rule {
+        per_minute: 60,
+        burst: 12,
+    };
+    let checks = limiters
+        .iter()
+        .flat_map(|l| [l.check("hot", rule), l.check("hot", rule)]);
+    let decisions = futures_util::future::join_all(checks).await;
+    assert!(decisions.iter().all(|d| d.allowed), "{decisions:?}");
+    // Two more fit the burst of 12, then the limit holds for everyone.
+    let more = futures_util::future::join_all((0..4).map(|i| limiters[i].check("hot", rule))).await;
+    assert_eq!(more.iter().filter(|d| d.allowed).count(), 2, "{more:?}");
+}
