@@ -37,6 +37,8 @@ pub enum ApiError {
     Forbidden { scope: String },
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u32 },
+    #[error("the tenant's daily quota is used up; it resets at 00:00 UTC")]
+    QuotaExceeded { retry_after_secs: u32 },
     #[error("{dependency} is unavailable")]
     DependencyUnavailable {
         dependency: &'static str,
@@ -85,7 +87,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginNotAllowed { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DependencyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,7 +107,8 @@ impl ApiError {
             Self::DependencyUnavailable { .. }
             | Self::DeadlineExceeded
             | Self::NotReady { .. }
-            | Self::RateLimited { .. } => true,
+            | Self::RateLimited { .. }
+            | Self::QuotaExceeded { .. } => true,
             Self::MalformedJson { .. }
             | Self::TooDeep { .. }
             | Self::InvalidRequest { .. }
@@ -136,6 +139,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden { .. } => "insufficient-scope",
             Self::RateLimited { .. } => "rate-limited",
+            Self::QuotaExceeded { .. } => "quota-exceeded",
             Self::DependencyUnavailable { .. } => "dependency-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::NotReady { .. } => "not-ready",
@@ -158,6 +162,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "Unauthorized",
             Self::Forbidden { .. } => "Forbidden",
             Self::RateLimited { .. } => "Too many requests",
+            Self::QuotaExceeded { .. } => "Quota exceeded",
             Self::DependencyUnavailable { .. } => "Service unavailable",
             Self::DeadlineExceeded => "Deadline exceeded",
             Self::NotReady { .. } => "Not ready",
@@ -186,7 +191,9 @@ impl ApiError {
             } => Some(*retry_after_secs),
             Self::DeadlineExceeded => Some(1),
             Self::NotReady { .. } => Some(5),
-            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::RateLimited { retry_after_secs } | Self::QuotaExceeded { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
             _ => None,
         }
     }
@@ -316,6 +323,9 @@ mod tests {
                 scope: "admin".into(),
             },
             ApiError::RateLimited {
+                retry_after_secs: 3,
+            },
+            ApiError::QuotaExceeded {
                 retry_after_secs: 3,
             },
             ApiError::DependencyUnavailable {

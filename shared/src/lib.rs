@@ -1,5 +1,6 @@
 //! What every Sophia function shares.
 //!
+//! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
 //! - [`error`]: the HTTP layer's error type and RFC 9457 problem documents;
@@ -7,9 +8,11 @@
 //! - [`http`]: the pipeline every API function runs its handler in;
 //! - [`aws`]: SDK configuration with explicit timeouts and retries;
 //! - [`ratelimit`]: rate limits shared across instances (GCRA in DynamoDB);
+//! - [`quota`]: per-tenant daily quotas enforced across instances;
 //! - [`outbound`]: the one client for outbound HTTP;
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod config;
@@ -18,6 +21,7 @@ pub mod fleet;
 pub mod http;
 pub mod observability;
 pub mod outbound;
+pub mod quota;
 pub mod ratelimit;
 
 pub use error::ApiError;

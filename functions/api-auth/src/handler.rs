@@ -158,6 +158,18 @@ async fn route(deps: &Deps, api: ApiRequest<AuthRoute>) -> Result<Response<Body>
                 .map_err(store_failed)?
             {
                 Rotation::Rotated(family, next) => {
+                    // A revoked API key takes its refresh tokens with it.
+                    if let Some(key_id) = family.subject.strip_prefix("key:") {
+                        let key = deps.store.api_key(key_id).await.map_err(store_failed)?;
+                        if key.is_none_or(|key| key.revoked) {
+                            deps.store
+                                .revoke_family(&family, policy.access_ttl_secs)
+                                .await
+                                .map_err(store_failed)?;
+                            tracing::info!(family = %family.id, key_id, "refresh refused: the API key is revoked");
+                            return Err(refused());
+                        }
+                    }
                     tracing::info!(family = %family.id, tenant = %family.tenant, "refresh token rotated");
                     issue(
                         deps,

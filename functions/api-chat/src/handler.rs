@@ -32,6 +32,7 @@ use sophia_shared::fleet::{
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::observability::MetricSet;
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+use sophia_shared::quota::Quotas;
 use sophia_shared::ratelimit::RateLimits;
 
 use crate::request::{ChatRequest, Limits};
@@ -65,9 +66,17 @@ pub enum InitError {
 pub struct Deps {
     pub http: HttpPolicy,
     pub limits: Limits,
-    pub prices: PriceTable,
     pub fleet: Arc<FleetClient>,
+    pub billing: Billing,
+}
+
+/// Quota, usage and cost accounting, shared by both response modes.
+#[derive(Debug, Clone)]
+pub struct Billing {
+    pub service: &'static str,
+    pub prices: PriceTable,
     pub usage: UsageRecorder,
+    pub quotas: Arc<Quotas>,
 }
 
 /// AWS settings come first: they are needed to build the SDK configuration that
@@ -134,9 +143,13 @@ impl Deps {
                 .with_auth(auth)
                 .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
             limits,
-            prices,
             fleet: Arc::new(fleet),
-            usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
+            billing: Billing {
+                service,
+                prices,
+                quotas: Arc::new(Quotas::from_env(env, dynamodb.clone())?),
+                usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
+            },
         })
     }
 }
@@ -182,44 +195,38 @@ async fn complete(
     api: &ApiRequest<ChatRoute>,
 ) -> Result<Response<Body>, ApiError> {
     let body = chat.upstream_body(&deps.limits)?;
+    deps.billing.quotas.reserve(&principal.tenant).await?;
     let reply = deps.fleet.chat(&body, &api.ctx).await.map_err(|error| {
         tracing::warn!(%error, "chat completion failed");
         error.to_api_error()
     })?;
     tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
     let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
-    account(
-        &deps.usage,
-        &deps.prices,
-        deps.http.service,
-        principal,
-        &chat.model,
-        &usage,
-    )
-    .await;
+    account(&deps.billing, principal, &chat.model, &usage).await;
     json_response(StatusCode::OK, &reply.body)
 }
 
 /// Records usage; a failure is logged with the figures (so it can be replayed)
 /// but does not fail an answer the caller already has.
-async fn account(
-    recorder: &UsageRecorder,
-    prices: &PriceTable,
-    service: &'static str,
-    principal: &Principal,
-    model: &str,
-    usage: &Usage,
-) {
-    let cost = prices.cost_micro_usd(model, usage);
+async fn account(billing: &Billing, principal: &Principal, model: &str, usage: &Usage) {
+    let cost = billing.prices.cost_micro_usd(model, usage);
     MetricSet::new("Sophia")
-        .dimension("Service", service)
+        .dimension("Service", billing.service)
         .dimension("Model", model)
         .count("PromptTokens", usage.prompt_tokens as f64)
         .count("CompletionTokens", usage.completion_tokens as f64)
         .count("CostMicroUsd", cost)
         .property("tenant", principal.tenant.as_str())
         .emit();
-    if let Err(error) = recorder.record(&principal.tenant, model, usage, cost).await {
+    let tokens = usage.prompt_tokens + usage.completion_tokens;
+    let (recorded, counted) = futures_util::join!(
+        billing.usage.record(&principal.tenant, model, usage, cost),
+        billing.quotas.add_tokens(&principal.tenant, tokens),
+    );
+    if let Err(error) = counted {
+        tracing::error!(%error, tenant = %principal.tenant, tokens, "counting tokens against the quota failed");
+    }
+    if let Err(error) = recorded {
         tracing::error!(
             %error,
             tenant = %principal.tenant,
@@ -245,6 +252,7 @@ pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<Streami
             return complete(deps, &principal, &chat, &api).await;
         }
         let body = chat.upstream_body(&deps.limits)?;
+        deps.billing.quotas.reserve(&principal.tenant).await?;
         let upstream = deps
             .fleet
             .chat_stream(&body, &api.ctx)
@@ -261,9 +269,7 @@ pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<Streami
             finished: false,
             usage: None,
             wants_usage: chat.wants_stream_usage(),
-            recorder: deps.usage.clone(),
-            service: deps.http.service,
-            prices: deps.prices.clone(),
+            billing: deps.billing.clone(),
             principal,
             model: chat.model.clone(),
             correlation_id: api.ctx.correlation_id.clone(),
@@ -304,9 +310,7 @@ struct Pump {
     finished: bool,
     usage: Option<Usage>,
     wants_usage: bool,
-    recorder: UsageRecorder,
-    service: &'static str,
-    prices: PriceTable,
+    billing: Billing,
     principal: Principal,
     model: String,
     correlation_id: String,
@@ -380,17 +384,7 @@ impl Pump {
 
     async fn finish_ok(&mut self) {
         match self.usage {
-            Some(usage) => {
-                account(
-                    &self.recorder,
-                    &self.prices,
-                    self.service,
-                    &self.principal,
-                    &self.model,
-                    &usage,
-                )
-                .await
-            }
+            Some(usage) => account(&self.billing, &self.principal, &self.model, &usage).await,
             None => {
                 tracing::error!(model = %self.model, "stream ended without usage; nothing billed")
             }
@@ -403,15 +397,7 @@ impl Pump {
     async fn fail(&mut self, reason: &str) {
         tracing::warn!(reason, endpoint = %self.upstream.endpoint, "chat stream interrupted");
         if let Some(usage) = self.usage {
-            account(
-                &self.recorder,
-                &self.prices,
-                self.service,
-                &self.principal,
-                &self.model,
-                &usage,
-            )
-            .await;
+            account(&self.billing, &self.principal, &self.model, &usage).await;
         }
         let event = serde_json::json!({
             "error": {

@@ -10,7 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use tokio::sync::Mutex;
 
 use super::tokens::{Opaque, now_secs, secret_hash};
@@ -144,8 +146,9 @@ impl AuthStore {
             revoked: false,
             created_at: now_secs(),
         };
-        self.dynamodb
-            .put_item()
+        // The key item, and an index item under the tenant so admins can list
+        // their keys without a scan; both or neither.
+        let key_item = Put::builder()
             .table_name(&self.table)
             .item("pk", s(&format!("apikey#{id}")))
             .item("sk", s("apikey"))
@@ -156,6 +159,21 @@ impl AuthStore {
             .item("revoked", AttributeValue::Bool(false))
             .item("created_at", n(record.created_at))
             .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Aws(e.to_string()))?;
+        let index_item = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(&format!("tenant#{tenant}")))
+            .item("sk", s(&format!("apikey#{id}")))
+            .item("scopes", list(scopes))
+            .item("name", s(name))
+            .item("created_at", n(record.created_at))
+            .build()
+            .map_err(|e| StoreError::Aws(e.to_string()))?;
+        self.dynamodb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(key_item).build())
+            .transact_items(TransactWriteItem::builder().put(index_item).build())
             .send()
             .await
             .map_err(aws)?;
@@ -186,6 +204,64 @@ impl AuthStore {
             revoked: item.flag("revoked"),
             created_at: item.number("created_at"),
         }))
+    }
+
+    /// The tenant's API keys (never their hashes), newest last.
+    pub async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(&format!("tenant#{tenant}")))
+            .expression_attribute_values(":prefix", s("apikey#"))
+            .send()
+            .await
+            .map_err(aws)?;
+        let mut keys = Vec::new();
+        for item in output.items() {
+            let Some(id) = item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix("apikey#"))
+            else {
+                continue;
+            };
+            if let Some(mut record) = self.api_key(id).await? {
+                record.hash.clear();
+                keys.push(record);
+            }
+        }
+        keys.sort_by_key(|k| k.created_at);
+        Ok(keys)
+    }
+
+    /// Revokes the tenant's key `id`. `false` when no such key belongs to the
+    /// tenant (another tenant's key is indistinguishable from a missing one).
+    pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("apikey#{id}")))
+            .key("sk", s("apikey"))
+            .update_expression("SET revoked = :true")
+            .condition_expression("attribute_exists(pk) AND tenant = :tenant")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":tenant", s(tenant))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(aws(error)),
+        }
     }
 
     /// Starts a refresh-token family for a subject; returns the first refresh token.

@@ -166,8 +166,9 @@ async fn a_completion_is_answered_and_its_usage_recorded() {
     let items = dynamodb
         .query()
         .table_name(s.stack.env("USAGE_TABLE"))
-        .key_condition_expression("pk = :pk")
+        .key_condition_expression("pk = :pk AND begins_with(sk, :usage)")
         .expression_attribute_values(":pk", AttributeValue::S("tenant#tenant-a".into()))
+        .expression_attribute_values(":usage", AttributeValue::S("usage#".into()))
         .send()
         .await
         .unwrap();
@@ -485,8 +486,24 @@ async fn a_stream_with_usage_requested_records_it_once() {
         .send()
         .await
         .unwrap();
-    assert_eq!(items.items().len(), 1);
-    assert_eq!(items.items()[0]["requests"].as_n().unwrap(), "1");
+    let usage: Vec<_> = items
+        .items()
+        .iter()
+        .filter(|i| i["sk"].as_s().unwrap().starts_with("usage#"))
+        .collect();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0]["requests"].as_n().unwrap(), "1");
+    let daily: Vec<_> = items
+        .items()
+        .iter()
+        .filter(|i| i["sk"].as_s().unwrap().starts_with("daily#"))
+        .collect();
+    assert_eq!(
+        daily[0]["requests"].as_n().unwrap(),
+        "1",
+        "counted against the quota"
+    );
+    assert!(daily[0]["tokens"].as_n().unwrap().parse::<u64>().unwrap() > 8);
 }
 
 #[tokio::test]
@@ -684,4 +701,32 @@ async fn sample_events_get_their_documented_answers() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn the_daily_quota_is_enforced_per_tenant() {
+    let s = setup(1, &[]).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
+    let env = s.stack.env_with(&[]);
+    let quotas = sophia_shared::quota::Quotas::from_env(&Env::new(&env), dynamodb).unwrap();
+    let quota = sophia_shared::quota::Quota {
+        requests_per_day: 2,
+        tokens_per_day: 1_000_000,
+    };
+    quotas.set("tenant-a", quota).await.unwrap();
+    // A fresh instance, so the quota is read from the table rather than a cache.
+    let fleet = format!("primary={}", s.sims[0].base_url());
+    let deps = deps_for(&s.stack, &fleet, &[]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(chat(&deps, &completion("x")).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(codes, [200, 200, 429]);
+    assert_eq!(statuses[2].1["type"], "urn:sophia:problem:quota-exceeded");
+    assert_eq!(
+        calls(&s.sims[0]),
+        2,
+        "the refused request never reached the fleet"
+    );
 }

@@ -1,0 +1,216 @@
+//! Per-tenant daily quotas (requests and tokens), enforced across instances.
+//!
+//! A tenant's usage of the day lives in one counter item of the usage table
+//! (`tenant#<t>`, `daily#<yyyy-mm-dd>`). Before the fleet is called, one
+//! conditional `ADD requests 1` succeeds only while both counters are under the
+//! tenant's quota, so concurrent instances can never overshoot the request quota
+//! and overshoot the token quota by at most the requests in flight. Tokens are
+//! added when the answer's usage is known. Quotas are stored in the auth table
+//! (`tenant#<t>`, `quota`) and cached for 30 s per instance.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::auth::tokens::now_secs;
+use crate::config::{ConfigError, Env};
+use crate::error::ApiError;
+
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub requests_per_day: u64,
+    pub tokens_per_day: u64,
+}
+
+/// `yyyy-mm-dd` (UTC) of a Unix time.
+pub fn utc_date(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> String {
+    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
+}
+
+#[derive(Debug)]
+pub struct Quotas {
+    dynamodb: aws_sdk_dynamodb::Client,
+    auth_table: String,
+    usage_table: String,
+    default: Quota,
+    cache: Mutex<HashMap<String, (Instant, Quota)>>,
+}
+
+impl Quotas {
+    /// `AUTH_TABLE`, `USAGE_TABLE`; defaults for tenants without their own quota:
+    /// `TENANT_DEFAULT_REQUESTS_PER_DAY` (10000), `TENANT_DEFAULT_TOKENS_PER_DAY` (2000000).
+    pub fn from_env(
+        env: &Env<'_>,
+        dynamodb: aws_sdk_dynamodb::Client,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            dynamodb,
+            auth_table: env.required("AUTH_TABLE")?,
+            usage_table: env.required("USAGE_TABLE")?,
+            default: Quota {
+                requests_per_day: env.parse_or("TENANT_DEFAULT_REQUESTS_PER_DAY", 10_000)?,
+                tokens_per_day: env.parse_or("TENANT_DEFAULT_TOKENS_PER_DAY", 2_000_000)?,
+            },
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The tenant's quota (its own, or the default).
+    pub async fn quota(&self, tenant: &str) -> Result<Quota, String> {
+        if let Some((at, quota)) = self.cache.lock().await.get(tenant)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(*quota);
+        }
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.auth_table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key("sk", AttributeValue::S("quota".to_owned()))
+            .send()
+            .await
+            .map_err(aws)?;
+        let number = |name: &str| {
+            output
+                .item()
+                .and_then(|item| item.get(name))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let quota = Quota {
+            requests_per_day: number("requests_per_day").unwrap_or(self.default.requests_per_day),
+            tokens_per_day: number("tokens_per_day").unwrap_or(self.default.tokens_per_day),
+        };
+        self.cache
+            .lock()
+            .await
+            .insert(tenant.to_owned(), (Instant::now(), quota));
+        Ok(quota)
+    }
+
+    pub async fn set(&self, tenant: &str, quota: Quota) -> Result<(), String> {
+        self.dynamodb
+            .put_item()
+            .table_name(&self.auth_table)
+            .item("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .item("sk", AttributeValue::S("quota".to_owned()))
+            .item(
+                "requests_per_day",
+                AttributeValue::N(quota.requests_per_day.to_string()),
+            )
+            .item(
+                "tokens_per_day",
+                AttributeValue::N(quota.tokens_per_day.to_string()),
+            )
+            .send()
+            .await
+            .map_err(aws)?;
+        self.cache
+            .lock()
+            .await
+            .insert(tenant.to_owned(), (Instant::now(), quota));
+        Ok(())
+    }
+
+    /// Counts one request against today's quota, or refuses with 429 until the
+    /// next UTC midnight. A storage failure admits (logged): quotas are billing
+    /// policy, not a reason for an outage.
+    pub async fn reserve(&self, tenant: &str) -> Result<(), ApiError> {
+        let quota = match self.quota(tenant).await {
+            Ok(quota) => quota,
+            Err(error) => {
+                tracing::error!(%error, tenant, "reading the quota failed; admitting");
+                return Ok(());
+            }
+        };
+        let now = now_secs();
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.usage_table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key("sk", AttributeValue::S(format!("daily#{}", utc_date(now))))
+            .update_expression("ADD requests :one SET expires_at = if_not_exists(expires_at, :expires)")
+            .condition_expression(
+                "(attribute_not_exists(requests) OR requests < :requests) AND (attribute_not_exists(tokens) OR tokens < :tokens)",
+            )
+            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+            .expression_attribute_values(":requests", AttributeValue::N(quota.requests_per_day.to_string()))
+            .expression_attribute_values(":tokens", AttributeValue::N(quota.tokens_per_day.to_string()))
+            .expression_attribute_values(":expires", AttributeValue::N((now + 400 * 86_400).to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                let until_midnight = 86_400 - now % 86_400;
+                tracing::info!(tenant, "daily quota exhausted");
+                Err(ApiError::QuotaExceeded {
+                    retry_after_secs: until_midnight as u32,
+                })
+            }
+            Err(error) => {
+                tracing::error!(error = %aws(error), tenant, "counting the quota failed; admitting");
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds the tokens of an answered request to today's counter.
+    pub async fn add_tokens(&self, tenant: &str, tokens: u64) -> Result<(), String> {
+        self.dynamodb
+            .update_item()
+            .table_name(&self.usage_table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key(
+                "sk",
+                AttributeValue::S(format!("daily#{}", utc_date(now_secs()))),
+            )
+            .update_expression("ADD tokens :tokens")
+            .expression_attribute_values(":tokens", AttributeValue::N(tokens.to_string()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(aws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_795_374_000), "2026-11-22");
+    }
+}
