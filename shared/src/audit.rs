@@ -9,12 +9,12 @@
 //! one (gap), a reordered pair (broken link) or a cut-off tail (head mismatch)
 //! is reported with the sequence number where the chain breaks.
 //!
-//! Append-only is also an IAM matter: functions get `PutItem`/`TransactWriteItems`
-//! on the audit table but never `UpdateItem` or `DeleteItem` (see infra/).
+//! Append-only is also an IAM matter: functions get `PutItem`, `GetItem` and
+//! `Query` on the audit table, never `UpdateItem` or `DeleteItem` (see infra/).
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -209,20 +209,19 @@ impl AuditLog {
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map_err(|e| AuditError::Aws(e.to_string()))?;
+            // The head is replaced, not updated: the table needs no UpdateItem.
             let head_condition = if last == 0 {
-                "attribute_not_exists(seq)"
+                "attribute_not_exists(pk)"
             } else {
                 "seq = :last"
             };
-            let mut head = Update::builder()
+            let mut head = Put::builder()
                 .table_name(&self.table)
-                .key("pk", s(&format!("audit-head#{tenant}")))
-                .key("sk", s("head"))
-                .update_expression("SET seq = :seq, #hash = :hash")
-                .condition_expression(head_condition)
-                .expression_attribute_names("#hash", "hash")
-                .expression_attribute_values(":seq", n(seq))
-                .expression_attribute_values(":hash", s(&entry.hash));
+                .item("pk", s(&format!("audit-head#{tenant}")))
+                .item("sk", s("head"))
+                .item("seq", n(seq))
+                .item("hash", s(&entry.hash))
+                .condition_expression(head_condition);
             if last > 0 {
                 head = head.expression_attribute_values(":last", n(last));
             }
@@ -231,7 +230,7 @@ impl AuditLog {
                 .dynamodb
                 .transact_write_items()
                 .transact_items(TransactWriteItem::builder().put(put).build())
-                .transact_items(TransactWriteItem::builder().update(head).build())
+                .transact_items(TransactWriteItem::builder().put(head).build())
                 .send()
                 .await;
             match result {

@@ -10,6 +10,7 @@
 //! - [`ratelimit`]: rate limits shared across instances (GCRA in DynamoDB);
 //! - [`quota`]: per-tenant daily quotas enforced across instances;
 //! - [`outbound`]: the one client for outbound HTTP;
+//! - [`flags`]: typed per-tenant feature flags, cached;
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod error;
+pub mod flags;
 pub mod fleet;
 pub mod http;
 pub mod observability;

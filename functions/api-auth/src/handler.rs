@@ -14,6 +14,7 @@ use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use sophia_shared::ApiError;
+use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::store::{AuthStore, Rotation};
 use sophia_shared::auth::tokens::{API_KEY_PREFIX, Opaque, REFRESH_PREFIX};
 use sophia_shared::auth::{AuthSettings, KeySource};
@@ -42,6 +43,7 @@ pub struct Deps {
     pub settings: AuthSettings,
     pub keys: Arc<KeySource>,
     pub store: AuthStore,
+    pub audit: AuditLog,
 }
 
 impl Deps {
@@ -58,7 +60,8 @@ impl Deps {
         let limits = Arc::new(RateLimits::from_env(env, dynamodb.clone())?);
         Ok(Self {
             http: HttpPolicy::from_env(SERVICE, env)?.with_rate_limits(limits),
-            store: AuthStore::new(dynamodb, settings.table.clone()),
+            store: AuthStore::new(dynamodb.clone(), settings.table.clone()),
+            audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
             settings,
             keys: Arc::new(keys),
         })
@@ -183,6 +186,8 @@ async fn route(deps: &Deps, api: ApiRequest<AuthRoute>) -> Result<Response<Body>
                 }
                 Rotation::ReuseDetected(family) => {
                     tracing::warn!(family = %family.id, tenant = %family.tenant, "refresh token reuse: family revoked");
+                    let details = serde_json::json!({ "reason": "refresh token reuse" });
+                    audit_revocation(deps, &api, &family, details).await?;
                     Err(refused())
                 }
                 Rotation::Revoked | Rotation::Invalid => Err(refused()),
@@ -198,10 +203,33 @@ async fn route(deps: &Deps, api: ApiRequest<AuthRoute>) -> Result<Response<Body>
                     .map_err(store_failed)?
             {
                 tracing::info!(family = %family.id, tenant = %family.tenant, "token family revoked on request");
+                let details = serde_json::json!({ "reason": "revoked by its holder" });
+                audit_revocation(deps, &api, &family, details).await?;
             }
             json_response(StatusCode::OK, &serde_json::json!({ "revoked": true }))
         }
     }
+}
+
+/// Token family revocations are sensitive: they go to the tenant's audit log.
+async fn audit_revocation(
+    deps: &Deps,
+    api: &ApiRequest<AuthRoute>,
+    family: &sophia_shared::auth::store::FamilyRecord,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let event = Event {
+        actor: &family.subject,
+        action: "token_family.revoked",
+        target: &format!("family:{}", family.id),
+        correlation_id: &api.ctx.correlation_id,
+        details,
+    };
+    deps.audit
+        .append(&family.tenant, &event)
+        .await
+        .map(|_| ())
+        .map_err(store_failed)
 }
 
 async fn issue(

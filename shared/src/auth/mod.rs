@@ -22,8 +22,17 @@ use tokens::{KeyRing, TokenError, TokenPolicy};
 pub const SCOPE_CHAT: &str = "chat";
 pub const SCOPE_JOBS: &str = "jobs";
 pub const SCOPE_MEMORY: &str = "memory";
+/// A tenant's own administration: keys, audit log, flags.
 pub const SCOPE_ADMIN: &str = "admin";
-pub const ALL_SCOPES: [&str; 4] = [SCOPE_CHAT, SCOPE_JOBS, SCOPE_MEMORY, SCOPE_ADMIN];
+/// The platform operator: tenants' quotas.
+pub const SCOPE_PLATFORM: &str = "platform";
+pub const ALL_SCOPES: [&str; 5] = [
+    SCOPE_CHAT,
+    SCOPE_JOBS,
+    SCOPE_MEMORY,
+    SCOPE_ADMIN,
+    SCOPE_PLATFORM,
+];
 
 /// Who is calling, as the verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -182,6 +182,14 @@ async fn a_refresh_token_used_twice_revokes_its_family() {
                 .contains("revoked")
         );
     }
+    let audit = sophia_shared::audit::AuditLog::new(
+        aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await),
+        s.stack.env("AUDIT_TABLE").to_owned(),
+    );
+    let entries = audit.entries("tenant-a").await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].action, "token_family.revoked");
+    assert!(entries[0].details.contains("reuse"));
     // Another login is a new family and works.
     let (_, other) = login(&s, "tenant-a", &["chat"]).await;
     assert_eq!(

@@ -1,0 +1,370 @@
+//! Administration, always of the caller's own tenant (taken from the token):
+//!
+//! | route | scope | what |
+//! |---|---|---|
+//! | `POST /v1/admin/keys` | admin | create an API key (scopes ⊆ the caller's); the plaintext is shown once |
+//! | `GET /v1/admin/keys` | admin | list the tenant's keys (never their hashes) |
+//! | `DELETE /v1/admin/keys/{id}` | admin | revoke a key (404 for another tenant's key) |
+//! | `GET /v1/admin/quota` | admin | the tenant's daily quota |
+//! | `PUT /v1/admin/tenants/{tenant}/quota` | platform | set any tenant's quota |
+//! | `GET /v1/admin/flags` | admin | the tenant's feature flags |
+//! | `PUT /v1/admin/flags/{name}` | admin | set a flag (`{"value": true | 1.5 | "text"}`) |
+//! | `GET /v1/admin/audit` | admin | the tenant's audit log |
+//! | `GET /v1/admin/audit/verify` | admin | recompute the hash chain; name the first broken entry |
+//!
+//! Every change, and every read of the audit log, is appended to the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+use sophia_shared::ApiError;
+use sophia_shared::audit::{AuditLog, Event};
+use sophia_shared::auth::store::AuthStore;
+use sophia_shared::auth::{ALL_SCOPES, Authenticator, Principal, SCOPE_ADMIN, SCOPE_PLATFORM};
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::flags::{FlagValue, Flags, valid_name};
+use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+use sophia_shared::quota::{Quota, Quotas};
+use sophia_shared::ratelimit::RateLimits;
+
+pub const SERVICE: &str = "api-admin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRoute {
+    CreateKey,
+    ListKeys,
+    RevokeKey,
+    OwnQuota,
+    SetQuota,
+    ListFlags,
+    SetFlag,
+    ReadAudit,
+    VerifyAudit,
+}
+
+pub const ROUTES: [Route<AdminRoute>; 9] = [
+    Route::protected(
+        Method::POST,
+        "/v1/admin/keys",
+        AdminRoute::CreateKey,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/keys",
+        AdminRoute::ListKeys,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::DELETE,
+        "/v1/admin/keys/{id}",
+        AdminRoute::RevokeKey,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/quota",
+        AdminRoute::OwnQuota,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::PUT,
+        "/v1/admin/tenants/{tenant}/quota",
+        AdminRoute::SetQuota,
+        SCOPE_PLATFORM,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/flags",
+        AdminRoute::ListFlags,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::PUT,
+        "/v1/admin/flags/{name}",
+        AdminRoute::SetFlag,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/audit",
+        AdminRoute::ReadAudit,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/audit/verify",
+        AdminRoute::VerifyAudit,
+        SCOPE_ADMIN,
+    ),
+];
+
+pub struct Deps {
+    pub http: HttpPolicy,
+    pub store: AuthStore,
+    pub quotas: Quotas,
+    pub flags: Flags,
+    pub audit: AuditLog,
+}
+
+impl Deps {
+    /// `AUTH_TABLE`, `AUDIT_TABLE`, `USAGE_TABLE`, `STATE_TABLE`, `SIGNING_KEYS_SECRET`.
+    pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        let auth = Authenticator::from_env(env, sdk).await?;
+        Self::with_authenticator(env, sdk, auth)
+    }
+
+    pub fn with_authenticator(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        auth: Arc<Authenticator>,
+    ) -> Result<Self, ConfigError> {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        let auth_table = env.required("AUTH_TABLE")?;
+        Ok(Self {
+            http: HttpPolicy::from_env(SERVICE, env)?
+                .with_auth(auth)
+                .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
+            store: AuthStore::new(dynamodb.clone(), auth_table.clone()),
+            quotas: Quotas::from_env(env, dynamodb.clone())?,
+            flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),
+            audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
+        })
+    }
+}
+
+pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
+    serve(&deps.http, &ROUTES, request, |api| route(deps, api)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFlag {
+    value: FlagValue,
+}
+
+fn storage(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "admin storage failed");
+    ApiError::DependencyUnavailable {
+        dependency: "administration storage",
+        retry_after_secs: 2,
+    }
+}
+
+fn actor(principal: &Principal) -> String {
+    format!("{}@{}", principal.subject, principal.tenant)
+}
+
+/// Appends to `tenant`'s audit log; an operation that cannot be audited fails.
+async fn record(
+    deps: &Deps,
+    api: &ApiRequest<AdminRoute>,
+    tenant: &str,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let principal = api.principal()?;
+    let event = Event {
+        actor: &actor(principal),
+        action,
+        target,
+        correlation_id: &api.ctx.correlation_id,
+        details,
+    };
+    deps.audit
+        .append(tenant, &event)
+        .await
+        .map(|_| ())
+        .map_err(storage)
+}
+
+async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body>, ApiError> {
+    let principal = api.principal()?.clone();
+    let tenant = principal.tenant.as_str();
+    match api.route {
+        AdminRoute::CreateKey => {
+            let request: NewKey = api.json()?;
+            let name = request.name.trim();
+            if name.is_empty() || name.len() > 100 {
+                return Err(ApiError::invalid("name must have 1 to 100 characters"));
+            }
+            let mut scopes = request.scopes.clone();
+            scopes.sort();
+            scopes.dedup();
+            if scopes.is_empty() {
+                return Err(ApiError::invalid("scopes must not be empty"));
+            }
+            for scope in &scopes {
+                if !ALL_SCOPES.contains(&scope.as_str()) {
+                    return Err(ApiError::invalid(format!(
+                        "unknown scope {scope:?}; known: {}",
+                        ALL_SCOPES.join(", ")
+                    )));
+                }
+                // No key may carry more power than the admin creating it.
+                if !principal.scopes.contains(scope) {
+                    return Err(ApiError::Forbidden {
+                        scope: scope.clone(),
+                    });
+                }
+            }
+            let (key, plaintext) = deps
+                .store
+                .create_api_key(tenant, &scopes, name)
+                .await
+                .map_err(storage)?;
+            record(
+                deps,
+                &api,
+                tenant,
+                "api_key.created",
+                &format!("apikey:{}", key.id),
+                serde_json::json!({ "name": name, "scopes": scopes }),
+            )
+            .await?;
+            json_response(
+                StatusCode::CREATED,
+                &serde_json::json!({ "id": key.id, "name": key.name, "scopes": key.scopes, "api_key": plaintext, "created_at": key.created_at }),
+            )
+        }
+        AdminRoute::ListKeys => {
+            let keys = deps.store.list_api_keys(tenant).await.map_err(storage)?;
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|k| serde_json::json!({ "id": k.id, "name": k.name, "scopes": k.scopes, "revoked": k.revoked, "created_at": k.created_at }))
+                .collect();
+            json_response(StatusCode::OK, &serde_json::json!({ "keys": keys }))
+        }
+        AdminRoute::RevokeKey => {
+            let id = api.param("id").unwrap_or_default();
+            let valid_id = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+            if !valid_id
+                || !deps
+                    .store
+                    .revoke_api_key(tenant, id)
+                    .await
+                    .map_err(storage)?
+            {
+                return Err(ApiError::RouteNotFound {
+                    method: "DELETE".to_owned(),
+                    path: api.path.clone(),
+                });
+            }
+            record(
+                deps,
+                &api,
+                tenant,
+                "api_key.revoked",
+                &format!("apikey:{id}"),
+                serde_json::json!({}),
+            )
+            .await?;
+            Ok(Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Body::Empty)
+                .map_err(|e| ApiError::internal(e.to_string()))?)
+        }
+        AdminRoute::OwnQuota => {
+            let quota = deps.quotas.quota(tenant).await.map_err(storage)?;
+            json_response(StatusCode::OK, &quota)
+        }
+        AdminRoute::SetQuota => {
+            let target = api.param("tenant").unwrap_or_default().to_owned();
+            let valid_tenant = (1..=64).contains(&target.len())
+                && target
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+            if !valid_tenant {
+                return Err(ApiError::invalid(
+                    "tenant names have 1 to 64 letters, digits, '-' or '_'",
+                ));
+            }
+            let quota: Quota = api.json()?;
+            if quota.requests_per_day > 100_000_000 || quota.tokens_per_day > 1_000_000_000_000 {
+                return Err(ApiError::invalid("quota out of range"));
+            }
+            let before = deps.quotas.quota(&target).await.map_err(storage)?;
+            deps.quotas.set(&target, quota).await.map_err(storage)?;
+            let details = serde_json::json!({ "before": before, "after": quota });
+            record(
+                deps,
+                &api,
+                &target,
+                "quota.changed",
+                &format!("tenant:{target}"),
+                details,
+            )
+            .await?;
+            json_response(StatusCode::OK, &quota)
+        }
+        AdminRoute::ListFlags => {
+            let flags = deps.flags.all(tenant).await.map_err(storage)?;
+            json_response(StatusCode::OK, &serde_json::json!({ "flags": flags }))
+        }
+        AdminRoute::SetFlag => {
+            let name = api.param("name").unwrap_or_default().to_owned();
+            if !valid_name(&name) {
+                return Err(ApiError::invalid(
+                    "flag names have 1 to 64 of a-z, 0-9, '.', '_', '-'",
+                ));
+            }
+            let request: NewFlag = api.json()?;
+            let before = deps
+                .flags
+                .set(tenant, &name, &request.value)
+                .await
+                .map_err(storage)?;
+            let details = serde_json::json!({ "before": before, "after": request.value });
+            record(
+                deps,
+                &api,
+                tenant,
+                "flag.changed",
+                &format!("flag:{name}"),
+                details,
+            )
+            .await?;
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "name": name, "value": request.value }),
+            )
+        }
+        AdminRoute::ReadAudit => {
+            let entries = deps.audit.entries(tenant).await.map_err(storage)?;
+            record(
+                deps,
+                &api,
+                tenant,
+                "audit.read",
+                "audit",
+                serde_json::json!({ "entries": entries.len() }),
+            )
+            .await?;
+            json_response(StatusCode::OK, &serde_json::json!({ "entries": entries }))
+        }
+        AdminRoute::VerifyAudit => {
+            let verification = deps.audit.verify(tenant).await.map_err(storage)?;
+            record(
+                deps,
+                &api,
+                tenant,
+                "audit.verified",
+                "audit",
+                serde_json::json!({ "intact": verification.intact }),
+            )
+            .await?;
+            json_response(StatusCode::OK, &verification)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! api-admin: a tenant's keys, flags and audit log; the platform's quotas.
+pub mod handler;
