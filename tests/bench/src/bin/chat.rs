@@ -45,12 +45,16 @@ const KEY_RING: &str = r#"{"kid": "bench", "secret": "bench-signing-key-material
 
 /// Answers the AWS calls api-chat makes (DynamoDB UpdateItem and Query, Secrets
 /// Manager GetSecretValue for the signing keys) at once.
+/// AWS calls seen by the responder, by operation (X-Amz-Target).
+static CALLS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 async fn instant_aws() -> String {
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
         let target = headers
             .get("x-amz-target")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        CALLS.lock().unwrap().push(target.rsplit('.').next().unwrap_or_default().to_owned());
         let body = if target.ends_with("Query") {
             r#"{"Items":[],"Count":0,"ScannedCount":0}"#.to_owned()
         } else if target.ends_with("GetSecretValue") {
@@ -187,6 +191,15 @@ async fn main() {
             added_ms.push(handler_elapsed - direct_elapsed);
         }
     }
+    CALLS.lock().unwrap().clear();
+    let counted = 100;
+    for _ in 0..counted {
+        assert_eq!(handle(&chat, request(&body)).await.status(), 200);
+    }
+    let mut by_operation: std::collections::BTreeMap<String, usize> = Default::default();
+    for call in CALLS.lock().unwrap().drain(..) {
+        *by_operation.entry(call).or_default() += 1;
+    }
     eprintln!(
         "api-chat request path, {} interleaved rounds (after 100 warm-up), same simulator:",
         args.rounds
@@ -194,6 +207,12 @@ async fn main() {
     line("direct HTTP call to the simulator", &mut direct_ms);
     line("through api-chat's handler", &mut handler_ms);
     line("added by the handler (paired difference)", &mut added_ms);
+    eprintln!(
+        "  AWS calls per request over {counted} steady-state requests (same principal and IP):"
+    );
+    for (operation, count) in &by_operation {
+        eprintln!("    {operation:<20} {:.2}", *count as f64 / counted as f64);
+    }
 
     let primary = fleet_sim::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -313,5 +332,28 @@ async fn main() {
     let per_call = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     eprintln!(
         "\ntoken verification (HS256 signature, claims, scope, cached revocations), {rounds} calls: {per_call:.2} µs each, no network"
+    );
+
+    let rule = sophia_shared::ratelimit::Rule {
+        per_minute: 600,
+        burst: 60,
+    };
+    let decisions = 1_000_000u32;
+    let started = Instant::now();
+    let mut tat = None;
+    for i in 0..decisions {
+        let now = 1_000_000_000_000 + u64::from(i) * 100_000;
+        let (next, decision) = std::hint::black_box(sophia_shared::ratelimit::decide(
+            std::hint::black_box(tat),
+            now,
+            rule,
+        ));
+        if decision.allowed {
+            tat = next;
+        }
+    }
+    let per_decision = started.elapsed().as_secs_f64() * 1e9 / f64::from(decisions);
+    eprintln!(
+        "rate-limit decision (GCRA arithmetic, excluding its DynamoDB write): {per_decision:.1} ns each (black-boxed)"
     );
 }
