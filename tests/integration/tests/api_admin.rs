@@ -380,3 +380,24 @@ async fn hostile_requests_get_4xx_problems() {
     let (status, _) = call(&a, "not-a-token", "GET", "/v1/admin/keys", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn sample_events_get_their_documented_answers() {
+    let a = admin().await;
+    let token = issue_token(&a.stack, "tenant-a", &["admin", "chat"]).await;
+    for (file, status) in [
+        ("list-keys.json", 200),
+        ("create-key.json", 201),
+        ("create-key-unknown-scope.json", 400),
+        ("verify-audit.json", 200),
+    ] {
+        let response = handle(
+            &a.deps,
+            with_bearer(harness::http_event("api-admin", file), &token),
+        )
+        .await;
+        assert_eq!(response.status(), status, "{file}");
+        let anonymous = handle(&a.deps, harness::http_event("api-admin", file)).await;
+        assert_eq!(anonymous.status(), 401, "{file} without a token");
+    }
+}
