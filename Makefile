@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ provision: setup ## provision a running local AWS again (after editing infra/tem
 deploy: build ## deploy to AWS with SAM (needs AWS credentials and the SAM CLI; see README)
 	@command -v sam >/dev/null || { echo "the SAM CLI is not installed: pip install aws-sam-cli (see README, Deploy)"; exit 2; }
 	@cd infra && sam build --beta-features && sam deploy --config-file samconfig.toml $(DEPLOY_ARGS)
+
+probe: ## run job-fleet-probe once against the running `make dev` (shared fleet health)
+	@tools/invoke.sh job-fleet-probe manual
 
 fuzz: ## property-based fuzzing of request parsing, the pipeline and token verification (FUZZ_CASES, default 20000)
 	@echo "==> $${FUZZ_CASES:-20000} cases per property (bounded; stops by itself)"

@@ -12,7 +12,7 @@ if [ ! -f "$file" ]; then
   ls "events/$fn" >&2 2>/dev/null || ls events >&2
   exit 2
 fi
-if [ -s .local/dev-api-key ] && token=$(make -s token 2>/dev/null); then
+if [[ $fn == api-* ]] && [ -s .local/dev-api-key ] && token=$(make -s token 2>/dev/null); then
   python3 - "$file" "$token" > .local/invoke-event.json <<'PY'
 import json, sys
 event = json.load(open(sys.argv[1]))

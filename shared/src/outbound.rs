@@ -146,6 +146,38 @@ impl OutboundClient {
     }
 }
 
+impl OutboundClient {
+    /// `POST url` with a JSON body (and a bearer token), successful only on 2xx,
+    /// within `timeout`. Used by the fleet probe's tiny completion.
+    pub async fn post_json_ok(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<StatusCode, OutboundError> {
+        let mut request = self.http.post(url).timeout(timeout).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
+        let status = response.status();
+        // Read the body so that a server dying mid-answer counts as a failure.
+        response
+            .bytes()
+            .await
+            .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
+        if status.is_success() {
+            Ok(status)
+        } else {
+            Err(OutboundError::Status(status))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,8 +38,13 @@ pub struct HealthRecord {
     /// Seconds since the epoch of the probe run that wrote it.
     pub checked_at: u64,
     pub latency_ms: Option<f64>,
-    /// Consecutive probe results agreeing with `status` (hysteresis).
+    /// Consecutive identical probe results, ending with `last_probe_ok`.
     pub streak: u32,
+    /// The most recent probe's result (may disagree with `status` until the
+    /// streak is long enough to flip it).
+    pub last_probe_ok: bool,
+    /// The scheduled run that wrote this record: a retried run is not counted twice.
+    pub run: String,
 }
 
 #[derive(Debug)]
@@ -141,6 +146,12 @@ impl SharedHealth {
                     checked_at: number("checked_at").unwrap_or(0.0) as u64,
                     latency_ms: number("latency_ms"),
                     streak: number("streak").unwrap_or(1.0) as u32,
+                    last_probe_ok: item
+                        .get("last_probe_ok")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(status == EndpointStatus::Up),
+                    run: text("run").unwrap_or_default(),
                 },
             );
         }
@@ -164,6 +175,8 @@ impl SharedHealth {
                 AttributeValue::N(record.checked_at.to_string()),
             )
             .item("streak", AttributeValue::N(record.streak.to_string()))
+            .item("last_probe_ok", AttributeValue::Bool(record.last_probe_ok))
+            .item("run", AttributeValue::S(record.run.clone()))
             // Records expire a day after the last probe: a removed endpoint cleans up.
             .item(
                 "expires_at",
@@ -194,6 +207,83 @@ impl SharedHealth {
             checked_at: now_secs(),
             latency_ms,
             streak,
+            last_probe_ok: status == EndpointStatus::Up,
+            run: String::new(),
         }
+    }
+}
+
+/// The probe's hysteresis: the published status flips only after `threshold`
+/// consecutive probe results disagree with it. A new endpoint starts up.
+pub fn next_record(
+    previous: Option<&HealthRecord>,
+    endpoint: &str,
+    probe_ok: bool,
+    latency_ms: Option<f64>,
+    threshold: u32,
+    run: &str,
+) -> HealthRecord {
+    let (status, streak) = match previous {
+        None => (EndpointStatus::Up, 1),
+        Some(prev) => {
+            let streak = if prev.last_probe_ok == probe_ok {
+                prev.streak.saturating_add(1)
+            } else {
+                1
+            };
+            let wanted = if probe_ok {
+                EndpointStatus::Up
+            } else {
+                EndpointStatus::Down
+            };
+            let status = if streak >= threshold {
+                wanted
+            } else {
+                prev.status
+            };
+            (status, streak)
+        }
+    };
+    let status = match previous {
+        None if !probe_ok && threshold <= 1 => EndpointStatus::Down,
+        _ => status,
+    };
+    HealthRecord {
+        endpoint: endpoint.to_owned(),
+        status,
+        checked_at: now_secs(),
+        latency_ms,
+        streak,
+        last_probe_ok: probe_ok,
+        run: run.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_lost_probe_does_not_flap_an_endpoint() {
+        let up = next_record(None, "a", true, Some(1.0), 2, "r1");
+        let lost = next_record(Some(&up), "a", false, None, 2, "r2");
+        assert_eq!(lost.status, EndpointStatus::Up, "one failure is not enough");
+        let back = next_record(Some(&lost), "a", true, Some(1.0), 2, "r3");
+        assert_eq!(back.status, EndpointStatus::Up);
+        let fail1 = next_record(Some(&back), "a", false, None, 2, "r4");
+        let fail2 = next_record(Some(&fail1), "a", false, None, 2, "r5");
+        assert_eq!(
+            fail2.status,
+            EndpointStatus::Down,
+            "two in a row mark it down"
+        );
+        let ok1 = next_record(Some(&fail2), "a", true, Some(1.0), 2, "r6");
+        assert_eq!(
+            ok1.status,
+            EndpointStatus::Down,
+            "one success does not bring it back"
+        );
+        let ok2 = next_record(Some(&ok1), "a", true, Some(1.0), 2, "r7");
+        assert_eq!(ok2.status, EndpointStatus::Up);
     }
 }

@@ -175,10 +175,12 @@ async fn every_declared_table_and_queue_exists_as_declared() {
                         "{logical}: maxReceiveCount is bounded"
                     );
                 } else {
-                    // Policy: a queue without a DLQ must itself be some queue's DLQ.
+                    // Policy: a queue without a DLQ must itself be the DLQ of a queue or a schedule.
                     let arn = live(QueueAttributeName::QueueArn).unwrap();
                     let is_dlq = manifest.values().any(|other| {
                         other["properties"]["RedrivePolicy"]["deadLetterTargetArn"] == arn.as_str()
+                            || other["properties"]["Target"]["DeadLetterConfig"]["Arn"]
+                                == arn.as_str()
                     });
                     assert!(is_dlq, "{logical} has no dead-letter queue and is none");
                 }
@@ -195,6 +197,34 @@ async fn every_declared_table_and_queue_exists_as_declared() {
                 assert!(
                     value.secret_string().is_some_and(|s| s.len() >= 32),
                     "{logical} has a generated value"
+                );
+            }
+            "AWS::Scheduler::Schedule" => {
+                // Policy: every schedule retries a bounded number of times, then dead-letters.
+                let retries = props["Target"]["RetryPolicy"]["MaximumRetryAttempts"]
+                    .as_u64()
+                    .expect("retry policy");
+                assert!((1..=5).contains(&retries), "{logical}");
+                let scheduler = aws_sdk_scheduler::Client::new(&config);
+                let live = scheduler.get_schedule().name(id).send().await.unwrap();
+                assert_eq!(
+                    live.schedule_expression(),
+                    props["ScheduleExpression"].as_str(),
+                    "{logical}"
+                );
+                let target = live.target().unwrap();
+                assert_eq!(
+                    target.dead_letter_config().and_then(|d| d.arn()),
+                    props["Target"]["DeadLetterConfig"]["Arn"].as_str(),
+                    "{logical}"
+                );
+                assert_eq!(
+                    target
+                        .retry_policy()
+                        .and_then(|r| r.maximum_retry_attempts())
+                        .map(|n| n as u64),
+                    Some(retries),
+                    "{logical}"
                 );
             }
             other => panic!("manifest has an unexpected type {other}"),
