@@ -490,7 +490,21 @@ where
         (None, _) => None,
         (Some(scope), Some(auth)) => match auth.authenticate(request.headers(), scope).await {
             Ok(principal) => Some(principal),
-            Err(error) => return (template, Err(error), None),
+            Err(error) => {
+                // Failed authentications still cost the caller's IP, so floods of
+                // forged tokens are throttled like anything else.
+                let limit = match &policy.limits {
+                    Some(limits) => Some(limits.check(&client_ip(&request), None).await),
+                    None => None,
+                };
+                if let Some(decision) = limit.filter(|d| !d.allowed) {
+                    let limited = ApiError::RateLimited {
+                        retry_after_secs: decision.retry_after_secs.min(u64::from(u32::MAX)) as u32,
+                    };
+                    return (template, Err(limited), Some(decision));
+                }
+                return (template, Err(error), limit);
+            }
         },
         (Some(_), None) => {
             let error = ApiError::internal("a protected route is served without an authenticator");

@@ -117,3 +117,29 @@ async fn concurrent_requests_under_the_limit_are_all_admitted() {
     let more = futures_util::future::join_all((0..4).map(|i| limiters[i].check("hot", rule))).await;
     assert_eq!(more.iter().filter(|d| d.allowed).count(), 2, "{more:?}");
 }
+
+#[tokio::test]
+async fn floods_of_forged_tokens_are_throttled_too() {
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits-forged"), &[]);
+    let env = stack.env_with(&[("RATE_LIMIT_IP_PER_MIN", "6"), ("RATE_LIMIT_IP_BURST", "3")]);
+    let sdk = sdk_config_for(&aws.endpoint).await;
+    let deps = api_admin::handler::Deps::from_env(&Env::new(&env), &sdk)
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let request = http::Request::builder()
+            .uri("/v1/admin/keys")
+            .header("authorization", "Bearer forged.token.value")
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        statuses.push(
+            api_admin::handler::handle(&deps, request)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+}
