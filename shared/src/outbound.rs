@@ -156,7 +156,20 @@ impl OutboundClient {
         bearer: Option<&str>,
         timeout: Duration,
     ) -> Result<StatusCode, OutboundError> {
-        let mut request = self.http.post(url).timeout(timeout).json(body);
+        self.send_json_ok(http::Method::POST, url, body, bearer, timeout)
+            .await
+    }
+
+    /// Any method with a JSON body, successful only on 2xx within `timeout`.
+    pub async fn send_json_ok(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: &serde_json::Value,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<StatusCode, OutboundError> {
+        let mut request = self.http.request(method, url).timeout(timeout).json(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }

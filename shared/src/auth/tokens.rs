@@ -154,6 +154,15 @@ impl KeyRing {
         serde_json::json!({ "current": self.current, "keys": keys }).to_string()
     }
 
+    /// The next ring: a fresh random key `kid` becomes current, the current one
+    /// stays as previous (tokens it signed verify until they expire), older
+    /// keys are dropped.
+    pub fn rotated(&self, kid: &str) -> Result<Self, String> {
+        let fresh = SigningKey::new(kid, random_hex(32).as_bytes())?;
+        let previous = self.keys.get(&self.current).cloned().into_iter().collect();
+        Ok(Self::new(fresh, previous))
+    }
+
     pub fn current_kid(&self) -> &str {
         &self.current
     }

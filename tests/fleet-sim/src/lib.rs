@@ -266,6 +266,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/fault", put(control_fault))
         .route("/_sim/tokens", put(control_tokens))
         .route("/_sim/reset", post(control_reset))
+        .route("/admin/tokens", put(admin_tokens))
         .with_state(sim)
 }
 
@@ -714,6 +715,36 @@ async fn control_tokens(State(sim): SimState, body: Bytes) -> Response {
             sim.control.lock().await.tokens = tokens.tokens;
             control_state(State(sim)).await
         }
+        Err(error) => openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &error.to_string(),
+        ),
+    }
+}
+
+/// The fleet-side token admin endpoint (what an auth proxy in front of vLLM
+/// offers): replaces the accepted tokens; the caller must present one that is
+/// accepted now. Used by secret rotation.
+async fn admin_tokens(State(sim): SimState, headers: HeaderMap, body: Bytes) -> Response {
+    if !sim.authorized(&headers).await {
+        sim.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        return openai_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid or missing bearer token",
+        );
+    }
+    match serde_json::from_slice::<Tokens>(&body) {
+        Ok(tokens) if !tokens.tokens.is_empty() => {
+            sim.control.lock().await.tokens = tokens.tokens;
+            Json(json!({ "accepted": true })).into_response()
+        }
+        Ok(_) => openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "tokens must not be empty",
+        ),
         Err(error) => openai_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
