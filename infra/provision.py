@@ -369,8 +369,9 @@ def create_secret(stack: Stack, logical: str, props: dict[str, Any]) -> dict[str
         else:
             value = generated
     request = {"Name": name, "SecretString": value if value is not None else secrets.token_urlsafe(32)}
-    if "Description" in props:
-        request["Description"] = props["Description"]
+    for key in ("Description", "Tags", "KmsKeyId"):
+        if key in props:
+            request[key] = props[key]
     created = sm.create_secret(**request)
     return {"ref": created["ARN"], "action": "created", "attributes": {"Id": created["ARN"]}}
 

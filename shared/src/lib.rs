@@ -1,5 +1,6 @@
 //! What every Sophia function shares.
 //!
+//! - [`alerts`]: de-duplicated alerts to a Slack-compatible webhook;
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
@@ -13,6 +14,7 @@
 //! - [`flags`]: typed per-tenant feature flags, cached;
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod aws;

@@ -20,10 +20,11 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::Client as Secrets;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
+use sophia_shared::alerts::{Alerter, Sent};
 use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::tokens::{KeyRing, TokenPolicy, random_hex};
 use sophia_shared::config::{ConfigError, Endpoint, Env, parse_endpoints};
-use sophia_shared::fleet::credentials::token_from_secret;
+use sophia_shared::fleet::credentials::{SecretToken, token_from_secret};
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
 
 const PENDING: &str = "AWSPENDING";
@@ -80,6 +81,7 @@ enum Kind {
 }
 
 pub struct Deps {
+    pub alerts: Alerter,
     pub secrets: Secrets,
     pub signing_keys_secret: String,
     pub fleet_token_secret: String,
@@ -94,7 +96,18 @@ impl Deps {
     /// `SIGNING_KEYS_SECRET`, `FLEET_TOKEN_SECRET`, `FLEET_ENDPOINTS`,
     /// `AUDIT_TABLE`; `FLEET_TOKEN_ADMIN_PATH` (`/admin/tokens`), `PROBE_MODEL`.
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
+        let webhook = env
+            .optional("ALERT_WEBHOOK_SECRET")
+            .map(|id| SecretToken::new(Secrets::new(sdk), id, Duration::from_secs(300)));
         Ok(Self {
+            alerts: Alerter::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                env.required("STATE_TABLE")?,
+                outbound.clone(),
+                webhook,
+                "job-secret-rotate",
+            ),
             secrets: Secrets::new(sdk),
             signing_keys_secret: env.required("SIGNING_KEYS_SECRET")?,
             fleet_token_secret: env.required("FLEET_TOKEN_SECRET")?,
@@ -102,7 +115,7 @@ impl Deps {
             admin_path: env
                 .optional("FLEET_TOKEN_ADMIN_PATH")
                 .unwrap_or_else(|| "/admin/tokens".to_owned()),
-            outbound: OutboundClient::new(OutboundSettings::from_env(env)?)?,
+            outbound,
             audit: AuditLog::new(
                 aws_sdk_dynamodb::Client::new(sdk),
                 env.required("AUDIT_TABLE")?,
@@ -124,6 +137,86 @@ fn secrets_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
 /// `arn:…:secret:name-AbCdEf` and `name` name the same secret.
 fn same_secret(configured: &str, given: &str, arn: &str, name: &str) -> bool {
     [given, arn, name].contains(&configured)
+}
+
+/// What the function is invoked with: a rotation step from Secrets Manager, or
+/// the daily age audit from EventBridge Scheduler (`{"audit": "secret-ages"}`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Invocation {
+    Rotation(RotationEvent),
+    Audit { audit: String },
+}
+
+pub async fn handle_invocation(
+    deps: &Deps,
+    invocation: Invocation,
+) -> Result<serde_json::Value, RotationError> {
+    match invocation {
+        Invocation::Rotation(event) => handle(deps, event).await,
+        Invocation::Audit { audit } if audit == "secret-ages" => audit_ages(deps).await,
+        Invocation::Audit { audit } => {
+            Err(RotationError::Invalid(format!("unknown audit {audit:?}")))
+        }
+    }
+}
+
+/// Tag holding a secret's maximum age in days (policy: API keys and tokens 30,
+/// database credentials 90, certificates 365).
+pub const MAX_AGE_TAG: &str = "sophia:max-age-days";
+
+/// Every secret with a [`MAX_AGE_TAG`]: its age since the last rotation (or
+/// creation) against the policy; overdue ones fire an alert, repaired ones resolve it.
+async fn audit_ages(deps: &Deps) -> Result<serde_json::Value, RotationError> {
+    let now = sophia_shared::auth::tokens::now_secs() as i64;
+    let mut report = Vec::new();
+    let mut token = None;
+    loop {
+        let page = deps
+            .secrets
+            .list_secrets()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(secrets_error)?;
+        for secret in page.secret_list() {
+            let Some(max_days) = secret
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(MAX_AGE_TAG))
+                .and_then(|t| t.value())
+                .and_then(|v| v.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let name = secret.name().unwrap_or_default();
+            let since = secret
+                .last_rotated_date()
+                .or(secret.created_date())
+                .map(|d| d.secs())
+                .unwrap_or(now);
+            let age_days = (now - since).max(0) / 86_400;
+            let overdue = age_days >= max_days;
+            let summary = format!("secret {name} is {age_days} days old; policy allows {max_days}");
+            let sent = deps
+                .alerts
+                .update(&format!("secret-age#{name}"), overdue, &summary)
+                .await
+                .map_err(RotationError::Secrets)?;
+            report.push(serde_json::json!({
+                "secret": name,
+                "age_days": age_days,
+                "max_age_days": max_days,
+                "overdue": overdue,
+                "alert": sent.map(|s| if s == Sent::Fired { "fired" } else { "resolved" }),
+            }));
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(serde_json::json!({ "secrets": report }))
 }
 
 pub async fn handle(deps: &Deps, event: RotationEvent) -> Result<serde_json::Value, RotationError> {

@@ -1,6 +1,6 @@
 //! job-secret-rotate (invoked by Secrets Manager rotation): wiring only.
 
-use job_secret_rotate::handler::{Deps, RotationEvent, handle};
+use job_secret_rotate::handler::{Deps, Invocation, handle_invocation};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
@@ -13,8 +13,8 @@ async fn main() -> Result<(), Error> {
     let sdk = load_sdk_config(AwsSettings::from_env(&env)?).await;
     let deps = Deps::from_env(&env, &sdk)
         .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
-    run(service_fn(|event: LambdaEvent<RotationEvent>| {
-        handle(&deps, event.payload)
+    run(service_fn(|event: LambdaEvent<Invocation>| {
+        handle_invocation(&deps, event.payload)
     }))
     .await
 }

@@ -220,3 +220,93 @@ async fn a_foreign_secret_or_step_is_refused_without_retry() {
     };
     assert!(handle(&deps, missing).await.is_err());
 }
+
+/// A Slack-compatible webhook on loopback that keeps every message.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().fallback(move |body: axum::Json<serde_json::Value>| {
+        let sink = sink.clone();
+        async move {
+            sink.lock()
+                .unwrap()
+                .push(body["text"].as_str().unwrap_or_default().to_owned());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test]
+async fn overdue_secrets_alert_once_and_resolve_once() {
+    use job_secret_rotate::handler::{Invocation, MAX_AGE_TAG, handle_invocation};
+    let stack = local_aws().provision(&unique_stack("rotate-ages"), &[]);
+    let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
+    let (url, received) = webhook().await;
+    secrets
+        .put_secret_value()
+        .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))
+        .secret_string(&url)
+        .send()
+        .await
+        .unwrap();
+    let env = stack.env_with(&[("FLEET_ENDPOINTS", "primary=http://127.0.0.1:9")]);
+    let deps = Deps::from_env(
+        &Env::new(&env),
+        &sdk_config_for(&local_aws().endpoint).await,
+    )
+    .unwrap();
+    let fleet_secret = stack.env("FLEET_TOKEN_SECRET");
+    let set_max_age = async |days: &str| {
+        let tag = aws_sdk_secretsmanager::types::Tag::builder()
+            .key(MAX_AGE_TAG)
+            .value(days)
+            .build();
+        secrets
+            .tag_resource()
+            .secret_id(fleet_secret)
+            .tags(tag)
+            .send()
+            .await
+            .unwrap();
+    };
+    let audit = || {
+        handle_invocation(
+            &deps,
+            Invocation::Audit {
+                audit: "secret-ages".into(),
+            },
+        )
+    };
+
+    let fresh = audit().await.unwrap();
+    assert!(fresh["secrets"].as_array().unwrap().len() >= 2, "{fresh}");
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "fresh secrets are within policy"
+    );
+
+    set_max_age("0").await;
+    audit().await.unwrap();
+    audit().await.unwrap();
+    set_max_age("30").await;
+    audit().await.unwrap();
+    audit().await.unwrap();
+
+    let messages = received.lock().unwrap().clone();
+    let about_fleet: Vec<&String> = messages
+        .iter()
+        .filter(|m| m.contains("fleet-token"))
+        .collect();
+    assert_eq!(about_fleet.len(), 2, "{messages:?}");
+    assert!(about_fleet[0].starts_with("[FIRING]") && about_fleet[0].contains("policy allows 0"));
+    assert!(about_fleet[1].starts_with("[RESOLVED]"));
+    assert_eq!(
+        messages.len(),
+        2,
+        "nothing about the other secrets: {messages:?}"
+    );
+}

@@ -194,10 +194,11 @@ async fn every_declared_table_and_queue_exists_as_declared() {
                     .send()
                     .await
                     .unwrap();
-                assert!(
-                    value.secret_string().is_some_and(|s| s.len() >= 32),
-                    "{logical} has a generated value"
-                );
+                let stored = value.secret_string().unwrap_or_default();
+                match props.get("SecretString").and_then(|v| v.as_str()) {
+                    Some(declared) => assert_eq!(stored, declared, "{logical}"),
+                    None => assert!(stored.len() >= 32, "{logical} has a generated value"),
+                }
             }
             "AWS::Scheduler::Schedule" => {
                 // Policy: every schedule retries a bounded number of times, then dead-letters.

@@ -1,0 +1,143 @@
+//! Alerts with de-duplication: one message when a condition starts, one when it
+//! resolves, none in between — across runs and instances.
+//!
+//! Each condition has a state item in the state table (`alert#<key>`, `state`).
+//! A message is sent only by the run whose conditional write flips that state,
+//! so two concurrent runs cannot both send. If sending fails, the state is put
+//! back so the next run tries again. Messages are Slack-compatible JSON
+//! (`{"text": …}`) posted to a webhook whose URL lives in Secrets Manager
+//! (`ALERT_WEBHOOK_SECRET`); without a usable URL, alerts are logged only.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::auth::tokens::now_secs;
+use crate::fleet::credentials::SecretToken;
+use crate::outbound::OutboundClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Fired,
+    Resolved,
+}
+
+#[derive(Debug)]
+pub struct Alerter {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+    outbound: OutboundClient,
+    webhook: Option<SecretToken>,
+    source: String,
+}
+
+fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> String {
+    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
+}
+
+impl Alerter {
+    /// `source` names the sender in every message (e.g. `job-secret-rotate`).
+    pub fn new(
+        dynamodb: aws_sdk_dynamodb::Client,
+        table: String,
+        outbound: OutboundClient,
+        webhook: Option<SecretToken>,
+        source: &str,
+    ) -> Self {
+        Self {
+            dynamodb,
+            table,
+            outbound,
+            webhook,
+            source: source.to_owned(),
+        }
+    }
+
+    /// Reports whether condition `key` holds now; sends a message only when that
+    /// changes. Returns what was sent.
+    pub async fn update(
+        &self,
+        key: &str,
+        firing: bool,
+        summary: &str,
+    ) -> Result<Option<Sent>, String> {
+        if !self.flip(key, firing).await? {
+            return Ok(None);
+        }
+        let (word, sent) = if firing {
+            ("FIRING", Sent::Fired)
+        } else {
+            ("RESOLVED", Sent::Resolved)
+        };
+        let text = format!("[{word}] {summary} ({}, {key})", self.source);
+        if let Err(error) = self.deliver(&text).await {
+            // Put the state back: the next run sends again.
+            let _ = self.flip(key, !firing).await;
+            return Err(error);
+        }
+        tracing::warn!(alert = key, firing, summary, "alert sent");
+        Ok(Some(sent))
+    }
+
+    /// Moves the state to `firing`; true only for the caller that changed it.
+    async fn flip(&self, key: &str, firing: bool) -> Result<bool, String> {
+        let condition = if firing {
+            "attribute_not_exists(firing) OR firing = :false"
+        } else {
+            "firing = :true"
+        };
+        // DynamoDB refuses expression values a request does not use.
+        let (placeholder, previous) = if firing { (":false", false) } else { (":true", true) };
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("alert#{key}")))
+            .key("sk", AttributeValue::S("state".to_owned()))
+            .update_expression("SET firing = :new, changed_at = :now")
+            .condition_expression(condition)
+            .expression_attribute_values(":new", AttributeValue::Bool(firing))
+            .expression_attribute_values(placeholder, AttributeValue::Bool(previous))
+            .expression_attribute_values(":now", AttributeValue::N(now_secs().to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(aws(error)),
+        }
+    }
+
+    async fn deliver(&self, text: &str) -> Result<(), String> {
+        let url = match &self.webhook {
+            None => None,
+            Some(secret) => secret
+                .get()
+                .await
+                .ok()
+                .filter(|url| url.starts_with("https://") || url.starts_with("http://")),
+        };
+        let Some(url) = url else {
+            tracing::warn!(text, "no alert webhook configured; alert logged only");
+            return Ok(());
+        };
+        self.outbound
+            .post_json_ok(
+                &url,
+                &serde_json::json!({ "text": text }),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|error| format!("alert webhook: {error}"))
+    }
+}
