@@ -89,7 +89,11 @@ impl Alerter {
             "firing = :true"
         };
         // DynamoDB refuses expression values a request does not use.
-        let (placeholder, previous) = if firing { (":false", false) } else { (":true", true) };
+        let (placeholder, previous) = if firing {
+            (":false", false)
+        } else {
+            (":true", true)
+        };
         let result = self
             .dynamodb
             .update_item()

@@ -23,6 +23,15 @@ impl ConfigError {
     }
 }
 
+/// Why a function could not start: its configuration, or a client it builds.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
+}
+
 /// Where configuration comes from. Functions read the process environment; tests
 /// pass a map so they never have to mutate global state.
 pub trait Source {

@@ -24,14 +24,14 @@ use lambda_http::{Body, Request, Response};
 use sophia_shared::ApiError;
 use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
-use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::config::{ConfigError, Env, InitError};
 use sophia_shared::fleet::health::SharedHealth;
 use sophia_shared::fleet::{
     FleetClient, FleetSettings, FleetStream, StreamBreak, upstreams_from_env,
 };
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::observability::MetricSet;
-use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+use sophia_shared::outbound::{OutboundClient, OutboundSettings};
 use sophia_shared::quota::Quotas;
 use sophia_shared::ratelimit::RateLimits;
 
@@ -53,14 +53,6 @@ pub const ROUTES: [Route<ChatRoute>; 1] = [Route::protected(
     ChatRoute::Completions,
     SCOPE_CHAT,
 )];
-
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Outbound(#[from] OutboundError),
-}
 
 /// Everything the handler needs, built once per cold start.
 pub struct Deps {

@@ -15,19 +15,11 @@ use std::time::{Duration, Instant};
 
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
-use sophia_shared::config::{ConfigError, Endpoint, Env, parse_endpoints};
+use sophia_shared::config::{ConfigError, Endpoint, Env, InitError, parse_endpoints};
 use sophia_shared::fleet::credentials::SecretToken;
 use sophia_shared::fleet::health::{EndpointStatus, HealthRecord, SharedHealth, next_record};
 use sophia_shared::observability::MetricSet;
-use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
-
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Outbound(#[from] OutboundError),
-}
+use sophia_shared::outbound::{OutboundClient, OutboundSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sophia_shared::alerts::{Alerter, Sent};
 use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::tokens::{KeyRing, TokenPolicy, random_hex};
-use sophia_shared::config::{ConfigError, Endpoint, Env, parse_endpoints};
+use sophia_shared::config::{Endpoint, Env, InitError, parse_endpoints};
 use sophia_shared::fleet::credentials::{SecretToken, token_from_secret};
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
 
@@ -64,14 +64,6 @@ impl From<RotationError> for Diagnostic {
             error_message: error.to_string(),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Outbound(#[from] OutboundError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

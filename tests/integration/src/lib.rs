@@ -297,3 +297,17 @@ pub fn with_bearer(mut request: lambda_http::Request, token: &str) -> lambda_htt
     );
     request
 }
+
+/// The AWSCURRENT value of the stack's secret named by env variable `variable`.
+pub async fn current_secret(stack: &Provisioned, variable: &str) -> String {
+    aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await)
+        .get_secret_value()
+        .secret_id(stack.env(variable))
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .expect("reading a secret")
+        .secret_string()
+        .expect("a string secret")
+        .to_owned()
+}

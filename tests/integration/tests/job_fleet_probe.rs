@@ -27,17 +27,7 @@ fn status_of(report: &job_fleet_probe::handler::ProbeReport, name: &str) -> &'st
 #[tokio::test]
 async fn a_dead_endpoint_is_marked_down_within_two_runs_and_a_fresh_client_routes_around_it() {
     let stack = local_aws().provision(&unique_stack("probe"), &[]);
-    let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
-    let token = secrets
-        .get_secret_value()
-        .secret_id(stack.env("FLEET_TOKEN_SECRET"))
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_owned();
+    let token = harness::current_secret(&stack, "FLEET_TOKEN_SECRET").await;
     let (primary, secondary) = (start_sim().await, start_sim().await);
     for sim in [&primary, &secondary] {
         sim.sim.set_tokens(vec![token.clone()]).await;

@@ -122,17 +122,7 @@ async fn the_signing_key_ring_rotates_without_breaking_live_tokens() {
 #[tokio::test]
 async fn the_fleet_token_rotates_twice_with_no_failed_chat_request() {
     let stack = local_aws().provision(&unique_stack("rotate-fleet"), &[]);
-    let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
-    let first = secrets
-        .get_secret_value()
-        .secret_id(stack.env("FLEET_TOKEN_SECRET"))
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_owned();
+    let first = harness::current_secret(&stack, "FLEET_TOKEN_SECRET").await;
     let (a, b) = (start_sim().await, start_sim().await);
     for sim in [&a, &b] {
         sim.sim.set_tokens(vec![first.clone()]).await;
@@ -172,16 +162,7 @@ async fn the_fleet_token_rotates_twice_with_no_failed_chat_request() {
     let statuses = statuses.into_inner();
     assert_eq!(statuses.len(), 18);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let current = secrets
-        .get_secret_value()
-        .secret_id(stack.env("FLEET_TOKEN_SECRET"))
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_owned();
+    let current = harness::current_secret(&stack, "FLEET_TOKEN_SECRET").await;
     assert_ne!(current, first, "the token changed");
     assert!(
         a.sim
