@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::dynamo::error_text as aws;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::auth::tokens::now_secs;
@@ -29,12 +30,6 @@ pub struct Alerter {
     outbound: OutboundClient,
     webhook: Option<SecretToken>,
     source: String,
-}
-
-fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    error: aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
 }
 
 impl Alerter {

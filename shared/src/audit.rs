@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use crate::dynamo::{n, s};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -112,18 +113,10 @@ impl Entry {
     }
 }
 
-fn s(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_owned())
-}
-
-fn n(value: u64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
 fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
     error: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> AuditError {
-    AuditError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())
+    AuditError::Aws(crate::dynamo::error_text(error))
 }
 
 fn seq_key(seq: u64) -> String {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::dynamo::error_text as aws;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -23,12 +24,6 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
         })
-}
-
-fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    error: aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
 }
 
 /// One tenant's flags as last read, and when.

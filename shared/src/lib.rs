@@ -4,6 +4,7 @@
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
+//! - [`dynamo`]: small DynamoDB helpers (attribute values, error text);
 //! - [`error`]: the HTTP layer's error type and RFC 9457 problem documents;
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
 //! - [`http`]: the pipeline every API function runs its handler in;
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod config;
+pub mod dynamo;
 pub mod error;
 pub mod flags;
 pub mod fleet;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::dynamo::error_text as aws;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -41,12 +42,6 @@ pub fn utc_date(unix_secs: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
-}
-
-fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    error: aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
 }
 
 #[derive(Debug)]

@@ -239,7 +239,7 @@ impl Limiter {
                         .and_then(|n| n.parse().ok());
                     Err(WriteError::Moved(current))
                 }
-                _ => Err(WriteError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())),
+                _ => Err(WriteError::Unavailable(crate::dynamo::error_text(error))),
             },
         }
     }

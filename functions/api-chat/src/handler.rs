@@ -22,7 +22,7 @@ use http_body_util::StreamBody;
 use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use sophia_shared::ApiError;
-use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
+use sophia_shared::auth::{Authenticator, Principal, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
 use sophia_shared::config::{ConfigError, Env, InitError};
 use sophia_shared::fleet::health::SharedHealth;
@@ -146,18 +146,6 @@ impl Deps {
     }
 }
 
-/// Who is asking: the tenant comes from the verified access token only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub tenant: String,
-}
-
-fn principal(api: &ApiRequest<ChatRoute>) -> Result<Principal, ApiError> {
-    Ok(Principal {
-        tenant: api.principal()?.tenant.clone(),
-    })
-}
-
 /// The buffered entry point (API Gateway).
 pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
     serve(&deps.http, &ROUTES, request, |api| async move {
@@ -174,7 +162,7 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
 
 /// Authentication, parsing and validation, shared by both entry points.
 fn accept(deps: &Deps, api: &ApiRequest<ChatRoute>) -> Result<(Principal, ChatRequest), ApiError> {
-    let principal = principal(api)?;
+    let principal = api.principal()?.clone();
     let chat: ChatRequest = api.json()?;
     chat.validate(&deps.limits)?;
     Ok((principal, chat))

@@ -15,6 +15,8 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::sync::Mutex;
 
+use crate::dynamo::{n, s};
+
 use super::tokens::{Opaque, now_secs, secret_hash};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,7 @@ pub enum StoreError {
 fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
     error: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> StoreError {
-    StoreError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())
+    StoreError::Aws(crate::dynamo::error_text(error))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,14 +73,6 @@ pub enum Rotation {
 pub struct AuthStore {
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-fn s(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_owned())
-}
-
-fn n(value: u64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 fn list(values: &[String]) -> AttributeValue {

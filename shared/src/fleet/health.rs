@@ -8,10 +8,12 @@
 //! ignored, so a dead probe cannot pin an endpoint down forever.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::sync::Mutex;
+
+use crate::auth::tokens::now_secs;
 
 pub const HEALTH_PK: &str = "fleet-health";
 
@@ -61,13 +63,6 @@ pub struct SharedHealth {
     max_age: Duration,
     read_timeout: Duration,
     cache: Mutex<Cache>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl SharedHealth {
@@ -121,7 +116,7 @@ impl SharedHealth {
             .expression_attribute_values(":pk", AttributeValue::S(HEALTH_PK.to_owned()))
             .send()
             .await
-            .map_err(|error| aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())?;
+            .map_err(crate::dynamo::error_text)?;
         let mut records = HashMap::new();
         for item in output.items() {
             let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
@@ -189,7 +184,7 @@ impl SharedHealth {
             .send()
             .await
             .map(|_| ())
-            .map_err(|error| aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())?;
+            .map_err(crate::dynamo::error_text)?;
         self.cache.lock().await.fetched_at = None;
         Ok(())
     }

@@ -472,17 +472,7 @@ impl FleetClient {
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
-        let (body, endpoint, kind, attempts) = self
-            .run(ctx, |state, timeout, token| {
-                self.attempt_unary(state, "/v1/chat/completions", request, timeout, token, ctx)
-            })
-            .await?;
-        Ok(FleetReply {
-            endpoint,
-            kind,
-            body,
-            attempts,
-        })
+        self.unary("/v1/chat/completions", request, ctx).await
     }
 
     /// `POST /v1/embeddings`.
@@ -491,9 +481,18 @@ impl FleetClient {
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
+        self.unary("/v1/embeddings", request, ctx).await
+    }
+
+    async fn unary(
+        &self,
+        path: &str,
+        request: &Value,
+        ctx: &RequestContext,
+    ) -> Result<FleetReply, FleetError> {
         let (body, endpoint, kind, attempts) = self
             .run(ctx, |state, timeout, token| {
-                self.attempt_unary(state, "/v1/embeddings", request, timeout, token, ctx)
+                self.attempt_unary(state, path, request, timeout, token, ctx)
             })
             .await?;
         Ok(FleetReply {
