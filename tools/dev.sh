@@ -126,12 +126,20 @@ watch_pid=${pids[-1]}
 printf '  waiting for the first answer from /health (cargo lambda watch compiles the function)\n'
 wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
 
+# Lambda's SQS event source for the worker (moto cannot run one): jobs submitted
+# to the API run through worker-inference under cargo lambda watch.
+jobs_queue=$(sed -n 's/^JOBS_QUEUE_URL="\(.*\)"$/\1/p' "$state_dir/dev.env")
+start "jobs-event-source" "$state_dir/event-source.log" \
+  "$root/target/debug/sophia-dev" event-source --queue-url "$jobs_queue" \
+  --function worker-inference --invoke "http://127.0.0.1:$api_port"
+
 base="http://127.0.0.1:$api_port"
 cat <<EOF
 
 Sophia Functions is running locally.
 
-  API            $base   (routes: /health, /ready, POST /v1/auth/{token,refresh,revoke}, POST /v1/chat/completions)
+  API            $base   (routes: /health, /ready, POST /v1/auth/{token,refresh,revoke}, POST /v1/chat/completions,
+                 POST /v1/jobs, GET /v1/jobs/{id}, /v1/admin/...)
   dev API key    $(cat "$state_dir/dev-api-key")   (tenant 'dev', every scope; also in .local/dev-api-key)
   streamed chat  $base/lambda-url/api-chat-stream/v1/chat/completions   (the function URL locally)
   local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in .local/dev.env)
@@ -146,6 +154,11 @@ Try:
     -d '{"model":"sophia-small","messages":[{"role":"user","content":"hello Sophia"}]}'
   curl -sN $base/lambda-url/api-chat-stream/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -d '{"model":"sophia-small","stream":true,"messages":[{"role":"user","content":"stream to me"}]}'
+
+  curl -si $base/v1/jobs -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
+    -H 'idempotency-key: my-first-job' -d '{"model":"sophia-small","messages":[{"role":"user","content":"later"}]}'
+  curl -s $base/v1/jobs/<id from Location> -H "authorization: Bearer \$TOKEN"   # done within a second
+  make sweep                  # run job-queue-sweep once (stranded and dead-lettered jobs)
 
   curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator
 

@@ -26,6 +26,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("no route matches {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// A resource the caller may not see is reported exactly like one that does not exist.
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    /// An `Idempotency-Key` that was used before with a different request body.
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
     #[error("{method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed { method: String, allowed: String },
     #[error("origin {origin:?} is not allowed")]
@@ -83,7 +89,8 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::RouteNotFound { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginNotAllowed { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -115,6 +122,8 @@ impl ApiError {
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedMediaType
             | Self::RouteNotFound { .. }
+            | Self::NotFound { .. }
+            | Self::IdempotencyKeyReused
             | Self::MethodNotAllowed { .. }
             | Self::OriginNotAllowed { .. }
             | Self::Unauthorized { .. }
@@ -134,6 +143,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::RouteNotFound { .. } => "route-not-found",
+            Self::NotFound { .. } => "not-found",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::OriginNotAllowed { .. } => "origin-not-allowed",
             Self::Unauthorized { .. } => "unauthorized",
@@ -156,7 +167,8 @@ impl ApiError {
             Self::InvalidRequest { .. } => "Invalid request",
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
-            Self::RouteNotFound { .. } => "Not found",
+            Self::RouteNotFound { .. } | Self::NotFound { .. } => "Not found",
+            Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::MethodNotAllowed { .. } => "Method not allowed",
             Self::OriginNotAllowed { .. } => "Origin not allowed",
             Self::Unauthorized { .. } => "Unauthorized",
@@ -310,6 +322,8 @@ mod tests {
                 method: "GET".into(),
                 path: "/x".into(),
             },
+            ApiError::NotFound { what: "job" },
+            ApiError::IdempotencyKeyReused,
             ApiError::MethodNotAllowed {
                 method: "PUT".into(),
                 allowed: "GET".into(),

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use http::StatusCode;
 
 use crate::config::{ConfigError, Env};
@@ -169,6 +171,20 @@ impl OutboundClient {
         bearer: Option<&str>,
         timeout: Duration,
     ) -> Result<StatusCode, OutboundError> {
+        self.send_json(method, url, body, bearer, timeout)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// Like [`Self::send_json_ok`], with the answer's body.
+    pub async fn send_json(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: &serde_json::Value,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), OutboundError> {
         let mut request = self.http.request(method, url).timeout(timeout).json(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -179,12 +195,12 @@ impl OutboundClient {
             .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
         let status = response.status();
         // Read the body so that a server dying mid-answer counts as a failure.
-        response
+        let bytes = response
             .bytes()
             .await
             .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
         if status.is_success() {
-            Ok(status)
+            Ok((status, bytes))
         } else {
             Err(OutboundError::Status(status))
         }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::dynamo::error_text as aws;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Update};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -181,8 +181,28 @@ impl Quotas {
 
     /// Adds the tokens of an answered request to today's counter.
     pub async fn add_tokens(&self, tenant: &str, tokens: u64) -> Result<(), String> {
+        let update = self
+            .add_tokens_update(tenant, tokens)
+            .map_err(|e| e.to_string())?;
         self.dynamodb
             .update_item()
+            .table_name(update.table_name())
+            .set_key(Some(update.key().clone()))
+            .update_expression(update.update_expression())
+            .set_expression_attribute_values(update.expression_attribute_values().cloned())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(aws)
+    }
+
+    /// [`Self::add_tokens`] as an update, for transactions.
+    pub fn add_tokens_update(
+        &self,
+        tenant: &str,
+        tokens: u64,
+    ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
+        Update::builder()
             .table_name(&self.usage_table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
             .key(
@@ -191,10 +211,7 @@ impl Quotas {
             )
             .update_expression("ADD tokens :tokens")
             .expression_attribute_values(":tokens", AttributeValue::N(tokens.to_string()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(aws)
+            .build()
     }
 }
 

@@ -11,6 +11,8 @@
 //! | `PUT /v1/admin/flags/{name}` | admin | set a flag (`{"value": true | 1.5 | "text"}`) |
 //! | `GET /v1/admin/audit` | admin | the tenant's audit log |
 //! | `GET /v1/admin/audit/verify` | admin | recompute the hash chain; name the first broken entry |
+//! | `GET /v1/admin/queues/{queue}/dead-letters` | platform | the dead-letter queue's messages, left in place |
+//! | `POST /v1/admin/queues/{queue}/redrive` | platform | move them back to the source queue (audited) |
 //!
 //! Every change, and every read of the audit log, is appended to the audit log.
 
@@ -25,6 +27,7 @@ use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::auth::{ALL_SCOPES, Authenticator, Principal, SCOPE_ADMIN, SCOPE_PLATFORM};
 use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::deadletter::DeadLetterQueue;
 use sophia_shared::flags::{FlagValue, Flags, valid_name};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::quota::{Quota, Quotas};
@@ -43,9 +46,11 @@ pub enum AdminRoute {
     SetFlag,
     ReadAudit,
     VerifyAudit,
+    ListDeadLetters,
+    Redrive,
 }
 
-pub const ROUTES: [Route<AdminRoute>; 9] = [
+pub const ROUTES: [Route<AdminRoute>; 11] = [
     Route::protected(
         Method::POST,
         "/v1/admin/keys",
@@ -100,6 +105,18 @@ pub const ROUTES: [Route<AdminRoute>; 9] = [
         AdminRoute::VerifyAudit,
         SCOPE_ADMIN,
     ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/queues/{queue}/dead-letters",
+        AdminRoute::ListDeadLetters,
+        SCOPE_PLATFORM,
+    ),
+    Route::protected(
+        Method::POST,
+        "/v1/admin/queues/{queue}/redrive",
+        AdminRoute::Redrive,
+        SCOPE_PLATFORM,
+    ),
 ];
 
 pub struct Deps {
@@ -108,10 +125,13 @@ pub struct Deps {
     pub quotas: Quotas,
     pub flags: Flags,
     pub audit: AuditLog,
+    /// Dead-letter queues by name (`jobs`).
+    pub dead_letters: Vec<DeadLetterQueue>,
 }
 
 impl Deps {
-    /// `AUTH_TABLE`, `AUDIT_TABLE`, `USAGE_TABLE`, `STATE_TABLE`, `SIGNING_KEYS_SECRET`.
+    /// `AUTH_TABLE`, `AUDIT_TABLE`, `USAGE_TABLE`, `STATE_TABLE`, `SIGNING_KEYS_SECRET`,
+    /// `JOBS_QUEUE_URL` and `JOBS_DLQ_URL`.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let auth = Authenticator::from_env(env, sdk).await?;
         Self::with_authenticator(env, sdk, auth)
@@ -132,6 +152,12 @@ impl Deps {
             quotas: Quotas::from_env(env, dynamodb.clone())?,
             flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),
             audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
+            dead_letters: vec![DeadLetterQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                "jobs",
+                env.required("JOBS_DLQ_URL")?,
+                env.required("JOBS_QUEUE_URL")?,
+            )],
         })
     }
 }
@@ -157,6 +183,32 @@ fn storage(error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "admin storage failed");
     ApiError::DependencyUnavailable {
         dependency: "administration storage",
+        retry_after_secs: 2,
+    }
+}
+
+/// At most this many messages are listed, and moved per redrive call (a bigger
+/// backlog takes more calls; each says how many it moved).
+const MAX_LISTED: usize = 100;
+const MAX_REDRIVE: usize = 1000;
+/// Leaves time to answer within API Gateway's 30 s.
+const REDRIVE_BUDGET: Duration = Duration::from_secs(20);
+
+fn dead_letter_queue<'a>(
+    deps: &'a Deps,
+    api: &ApiRequest<AdminRoute>,
+) -> Result<&'a DeadLetterQueue, ApiError> {
+    let name = api.param("queue").unwrap_or_default();
+    deps.dead_letters
+        .iter()
+        .find(|queue| queue.name == name)
+        .ok_or(ApiError::NotFound { what: "queue" })
+}
+
+fn queues(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "queue operation failed");
+    ApiError::DependencyUnavailable {
+        dependency: "queue service",
         retry_after_secs: 2,
     }
 }
@@ -365,6 +417,50 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
             )
             .await?;
             json_response(StatusCode::OK, &verification)
+        }
+        AdminRoute::ListDeadLetters => {
+            let queue = dead_letter_queue(deps, &api)?;
+            let (depth, letters) = futures_util::join!(queue.depth(), queue.peek(MAX_LISTED));
+            let letters = letters.map_err(queues)?;
+            let messages: Vec<_> = letters
+                .iter()
+                .map(|letter| {
+                    let body = serde_json::from_str::<serde_json::Value>(&letter.body)
+                        .unwrap_or_else(|_| serde_json::Value::String(letter.body.clone()));
+                    serde_json::json!({
+                        "message_id": letter.message_id,
+                        "body": body,
+                        "receive_count": letter.receive_count,
+                        "sent_at_ms": letter.sent_at_ms,
+                    })
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "queue": queue.name,
+                    "approximate_depth": depth.ok(),
+                    "listed": messages.len(),
+                    "messages": messages,
+                }),
+            )
+        }
+        AdminRoute::Redrive => {
+            let queue = dead_letter_queue(deps, &api)?;
+            let report = queue
+                .redrive(MAX_REDRIVE, REDRIVE_BUDGET)
+                .await
+                .map_err(queues)?;
+            record(
+                deps,
+                &api,
+                tenant,
+                "queue.redriven",
+                &format!("queue:{}", queue.name),
+                serde_json::to_value(&report).unwrap_or_default(),
+            )
+            .await?;
+            json_response(StatusCode::OK, &report)
         }
     }
 }

@@ -25,16 +25,14 @@ use sophia_shared::ApiError;
 use sophia_shared::auth::{Authenticator, Principal, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
 use sophia_shared::config::{ConfigError, Env, InitError};
-use sophia_shared::fleet::health::SharedHealth;
-use sophia_shared::fleet::{
-    FleetClient, FleetSettings, FleetStream, StreamBreak, upstreams_from_env,
-};
+use sophia_shared::fleet::{FleetClient, FleetStream, StreamBreak};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+use sophia_shared::jobs::JobStore;
 use sophia_shared::observability::MetricSet;
-use sophia_shared::outbound::{OutboundClient, OutboundSettings};
 use sophia_shared::quota::Quotas;
 use sophia_shared::ratelimit::RateLimits;
 
+use crate::jobs;
 use crate::request::{ChatRequest, Limits};
 use crate::usage::{PriceTable, Usage, UsageRecorder};
 
@@ -60,6 +58,8 @@ pub struct Deps {
     pub limits: Limits,
     pub fleet: Arc<FleetClient>,
     pub billing: Billing,
+    /// Where `Prefer: respond-async` (and `async-fallback` in an outage) puts requests.
+    pub jobs: JobStore,
 }
 
 /// Quota, usage and cost accounting, shared by both response modes.
@@ -99,43 +99,17 @@ impl Deps {
         sdk: &aws_config::SdkConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Self, InitError> {
-        let models = env.list("CHAT_MODELS");
-        if models.is_empty() {
-            return Err(ConfigError::new(
-                "CHAT_MODELS",
-                "is required: the models clients may ask for, comma-separated",
-            )
-            .into());
-        }
-        let limits = Limits {
-            models,
-            max_messages: env.parse_or("CHAT_MAX_MESSAGES", 256)?,
-            max_message_chars: env.parse_or("CHAT_MAX_MESSAGE_CHARS", 100_000)?,
-            max_total_chars: env.parse_or("CHAT_MAX_TOTAL_CHARS", 400_000)?,
-            max_tokens: env.parse_or("CHAT_MAX_TOKENS", 4096)?,
-        };
+        let limits = Limits::from_env(env)?;
         let prices = PriceTable::parse(&env.required("PRICE_TABLE")?, &limits.models)?;
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
-        let settings = FleetSettings::from_env(env)?;
-        let health = Arc::new(SharedHealth::new(
-            dynamodb.clone(),
-            env.required("STATE_TABLE")?,
-            settings.health_cache,
-        ));
-        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
-        let fleet = FleetClient::new(
-            &outbound,
-            upstreams_from_env(env, Some(&secrets))?,
-            settings,
-            Some(health),
-        )?;
+        let fleet = FleetClient::from_env(env, sdk)?;
         Ok(Self {
             http: HttpPolicy::from_env(service, env)?
                 .with_auth(auth)
                 .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
             limits,
             fleet: Arc::new(fleet),
+            jobs: JobStore::from_env(env, sdk)?,
             billing: Billing {
                 service,
                 prices,
@@ -175,15 +149,49 @@ async fn complete(
     api: &ApiRequest<ChatRoute>,
 ) -> Result<Response<Body>, ApiError> {
     let body = chat.upstream_body(&deps.limits)?;
+    let as_job = || {
+        jobs::submit(
+            &deps.jobs,
+            &deps.limits,
+            principal,
+            chat,
+            &api.headers,
+            deps.billing.service,
+        )
+    };
+    if jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
+        deps.billing.quotas.reserve(&principal.tenant).await?;
+        return applied(as_job().await?, jobs::RESPOND_ASYNC);
+    }
     deps.billing.quotas.reserve(&principal.tenant).await?;
-    let reply = deps.fleet.chat(&body, &api.ctx).await.map_err(|error| {
-        tracing::warn!(%error, "chat completion failed");
-        error.to_api_error()
-    })?;
+    let reply = match deps.fleet.chat(&body, &api.ctx).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::warn!(%error, "chat completion failed");
+            let error = error.to_api_error();
+            // Graceful degradation the caller opted into: a job instead of a 503.
+            if error.is_retryable() && jobs::prefers(&api.headers, jobs::ASYNC_FALLBACK) {
+                tracing::info!("fleet unavailable; the request becomes a job");
+                return applied(as_job().await?, jobs::ASYNC_FALLBACK);
+            }
+            return Err(error);
+        }
+    };
     tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
     let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
     account(&deps.billing, principal, &chat.model, &usage).await;
     json_response(StatusCode::OK, &reply.body)
+}
+
+/// Marks a 202 with the preference that produced it (RFC 7240 `Preference-Applied`).
+fn applied(
+    mut response: Response<Body>,
+    preference: &'static str,
+) -> Result<Response<Body>, ApiError> {
+    response
+        .headers_mut()
+        .insert("preference-applied", HeaderValue::from_static(preference));
+    Ok(response)
 }
 
 /// Records usage; a failure is logged with the figures (so it can be replayed)
@@ -228,7 +236,8 @@ pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<Streami
     let stash_ref = &stash;
     let response = serve(&deps.http, &ROUTES, request, |api| async move {
         let (principal, chat) = accept(deps, &api)?;
-        if !chat.stream {
+        if !chat.stream || jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
+            // A job is never streamed; `complete` refuses that combination with a 400.
             return complete(deps, &principal, &chat, &api).await;
         }
         let body = chat.upstream_body(&deps.limits)?;
@@ -429,6 +438,8 @@ mod tests {
             ),
             ("STATE_TABLE", "state"),
             ("USAGE_TABLE", "usage"),
+            ("JOBS_TABLE", "jobs"),
+            ("JOBS_QUEUE_URL", "http://127.0.0.1:9/queue/jobs"),
             ("AUTH_TABLE", "auth"),
             ("SIGNING_KEYS_SECRET", "keys"),
             // Caches long enough that no request below reads DynamoDB.

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sophia_shared::ApiError;
+use sophia_shared::config::{ConfigError, Env};
 
 /// Bounds from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,28 @@ pub struct Limits {
     pub max_message_chars: usize,
     pub max_total_chars: usize,
     pub max_tokens: u32,
+}
+
+impl Limits {
+    /// `CHAT_MODELS` (required) and the bounds `CHAT_MAX_MESSAGES` (256),
+    /// `CHAT_MAX_MESSAGE_CHARS` (100000), `CHAT_MAX_TOTAL_CHARS` (400000),
+    /// `CHAT_MAX_TOKENS` (4096).
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let models = env.list("CHAT_MODELS");
+        if models.is_empty() {
+            return Err(ConfigError::new(
+                "CHAT_MODELS",
+                "is required: the models clients may ask for, comma-separated",
+            ));
+        }
+        Ok(Self {
+            models,
+            max_messages: env.parse_or("CHAT_MAX_MESSAGES", 256)?,
+            max_message_chars: env.parse_or("CHAT_MAX_MESSAGE_CHARS", 100_000)?,
+            max_total_chars: env.parse_or("CHAT_MAX_TOTAL_CHARS", 400_000)?,
+            max_tokens: env.parse_or("CHAT_MAX_TOKENS", 4096)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, Update};
 use serde::Deserialize;
 use sophia_shared::config::ConfigError;
 use sophia_shared::quota::utc_date;
@@ -87,12 +87,35 @@ impl UsageRecorder {
         usage: &Usage,
         cost_micro_usd: f64,
     ) -> Result<(), String> {
+        let update = self
+            .update(tenant, model, usage, cost_micro_usd)
+            .map_err(|error| error.to_string())?;
+        self.dynamodb
+            .update_item()
+            .table_name(update.table_name())
+            .set_key(Some(update.key().clone()))
+            .update_expression(update.update_expression())
+            .set_expression_attribute_values(update.expression_attribute_values().cloned())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sophia_shared::dynamo::error_text)
+    }
+
+    /// The usage increment as an update, for [`Self::record`] and for transactions
+    /// that must bill exactly when something else is written (a job completing).
+    pub fn update(
+        &self,
+        tenant: &str,
+        model: &str,
+        usage: &Usage,
+        cost_micro_usd: f64,
+    ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.dynamodb
-            .update_item()
+        Update::builder()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
             .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
@@ -107,10 +130,7 @@ impl UsageRecorder {
             .expression_attribute_values(":expires", AttributeValue::N((now + RETENTION_SECS).to_string()))
             .expression_attribute_values(":model", AttributeValue::S(model.to_owned()))
             .expression_attribute_values(":tenant", AttributeValue::S(tenant.to_owned()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|error| aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string())
+            .build()
     }
 }
 

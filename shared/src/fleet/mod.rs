@@ -451,6 +451,29 @@ impl FleetClient {
         })
     }
 
+    /// The client as the functions build it: endpoints and settings from the
+    /// environment (`FLEET_*`, `FALLBACK_*`, `BREAKER_*`, `OUTBOUND_*`), credentials
+    /// from Secrets Manager, and the shared health in `STATE_TABLE`.
+    pub fn from_env(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, crate::config::InitError> {
+        let settings = FleetSettings::from_env(env)?;
+        let health = Arc::new(SharedHealth::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            env.required("STATE_TABLE")?,
+            settings.health_cache,
+        ));
+        let outbound = OutboundClient::new(crate::outbound::OutboundSettings::from_env(env)?)?;
+        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
+        Ok(Self::new(
+            &outbound,
+            upstreams_from_env(env, Some(&secrets))?,
+            settings,
+            Some(health),
+        )?)
+    }
+
     pub fn settings(&self) -> &FleetSettings {
         &self.settings
     }

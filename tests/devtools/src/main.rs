@@ -4,6 +4,13 @@
 //! key with every scope in the local auth table (through the same code api-admin
 //! uses) and writes its plaintext to `--out` (mode 0600). The AWS endpoint and
 //! the table come from the environment, as for the functions.
+//!
+//! `sophia-dev event-source --queue-url URL --function worker-inference --invoke
+//! http://127.0.0.1:9000` stands in for Lambda's SQS event source mapping (moto
+//! cannot run one without Docker): it long-polls the queue, invokes the function
+//! through `cargo lambda watch` with the batch, and deletes every record the
+//! answer does not list in `batchItemFailures` — the failed ones reappear after
+//! their visibility timeout, and SQS dead-letters them after `maxReceiveCount`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,6 +22,12 @@ use sophia_shared::auth::ALL_SCOPES;
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
+use sophia_shared::outbound::{OutboundClient, OutboundSettings};
+use std::time::Duration;
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
@@ -31,6 +44,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Feed a queue to a function like Lambda's SQS event source (runs until stopped).
+    EventSource {
+        #[arg(long)]
+        queue_url: String,
+        #[arg(long, default_value = "worker-inference")]
+        function: String,
+        /// Where `cargo lambda watch` listens.
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        invoke: String,
+        #[arg(long, default_value_t = 10)]
+        batch_size: i32,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +64,12 @@ async fn main() -> ExitCode {
     let env = Env::new(&ProcessEnv);
     let outcome = match command {
         Command::BootstrapKey { tenant, out } => bootstrap_key(&env, &tenant, &out).await,
+        Command::EventSource {
+            queue_url,
+            function,
+            invoke,
+            batch_size,
+        } => event_source(&env, &queue_url, &function, &invoke, batch_size).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,4 +103,119 @@ async fn bootstrap_key(env: &Env<'_>, tenant: &str, out: &PathBuf) -> Result<(),
         scopes.join(" ")
     );
     Ok(())
+}
+
+async fn event_source(
+    env: &Env<'_>,
+    queue_url: &str,
+    function: &str,
+    invoke: &str,
+    batch_size: i32,
+) -> Result<(), String> {
+    let sdk = load_sdk_config(AwsSettings::from_env(env).map_err(|e| e.to_string())?).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let http = OutboundClient::new(OutboundSettings::from_env(env).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let url = format!("{invoke}/2015-03-31/functions/{function}/invocations");
+    println!("  event source: {queue_url} -> {function} (batches of up to {batch_size})");
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(batch_size)
+            .wait_time_seconds(5)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(output) => output.messages().to_vec(),
+            Err(error) => {
+                eprintln!(
+                    "  event source: receiving failed: {}",
+                    DisplayErrorContext(error)
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            // moto may answer at once instead of long-polling.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|message| {
+                let attributes: serde_json::Map<String, Value> = message
+                    .attributes()
+                    .map(|all| {
+                        all.iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({
+                    "messageId": message.message_id(),
+                    "receiptHandle": message.receipt_handle(),
+                    "body": message.body(),
+                    "attributes": attributes,
+                    "messageAttributes": {},
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": format!("arn:aws:sqs:local:000000000000:{}", queue_url.rsplit('/').next().unwrap_or_default()),
+                    "awsRegion": "us-east-1",
+                })
+            })
+            .collect();
+        let answer = http
+            .send_json(
+                http::Method::POST,
+                &url,
+                &json!({ "Records": records }),
+                None,
+                Duration::from_secs(900),
+            )
+            .await;
+        let failed: Vec<String> = match answer {
+            Ok((_, body)) => serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["batchItemFailures"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+                .collect(),
+            Err(error) => {
+                // The whole batch failed (as when a function errors): nothing is deleted.
+                eprintln!("  event source: invoking {function} failed: {error}");
+                continue;
+            }
+        };
+        let mut deleted = 0;
+        for message in &messages {
+            if failed
+                .iter()
+                .any(|id| Some(id.as_str()) == message.message_id())
+            {
+                continue;
+            }
+            let receipt = message.receipt_handle().unwrap_or_default();
+            match sqs
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+            {
+                Ok(_) => deleted += 1,
+                Err(error) => eprintln!(
+                    "  event source: deleting failed: {}",
+                    DisplayErrorContext(error)
+                ),
+            }
+        }
+        println!(
+            "  event source: batch of {}: {deleted} done, {} to retry after their visibility timeout",
+            messages.len(),
+            failed.len()
+        );
+    }
 }

@@ -311,3 +311,87 @@ pub async fn current_secret(stack: &Provisioned, variable: &str) -> String {
         .expect("a string secret")
         .to_owned()
 }
+
+/// A Lambda context whose deadline is `left` from now (what the runtime passes).
+pub fn lambda_context(left: std::time::Duration) -> lambda_runtime::Context {
+    let mut context = lambda_runtime::Context::default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    context.deadline = now_ms + left.as_millis() as u64;
+    context.request_id = uuid::Uuid::new_v4().to_string();
+    context
+}
+
+/// What Lambda's SQS event source does before an invocation: receive up to `max`
+/// messages, with the attributes it passes on, as an `SqsEvent`. (moto must not
+/// run event source mappings itself: it would need Docker.)
+pub async fn receive_batch(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    max: i32,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    let output = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(max)
+        .wait_time_seconds(0)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive");
+    let mut event = SqsEvent::default();
+    for message in output.messages() {
+        let mut record = SqsMessage::default();
+        record.message_id = message.message_id().map(str::to_owned);
+        record.receipt_handle = message.receipt_handle().map(str::to_owned);
+        record.body = message.body().map(str::to_owned);
+        if let Some(attributes) = message.attributes() {
+            for (name, value) in attributes {
+                record
+                    .attributes
+                    .insert(name.as_str().to_owned(), value.clone());
+            }
+        }
+        event.records.push(record);
+    }
+    event
+}
+
+/// What the event source does with the answer: deletes every record not listed
+/// as failed; with `retry_now`, makes the failed ones visible at once (as if their
+/// visibility timeout had passed), else leaves them hidden.
+pub async fn settle(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    event: &aws_lambda_events::event::sqs::SqsEvent,
+    response: &aws_lambda_events::event::sqs::SqsBatchResponse,
+    retry_now: bool,
+) {
+    for record in &event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let receipt = record.receipt_handle.clone().unwrap_or_default();
+        let failed = response
+            .batch_item_failures
+            .iter()
+            .any(|failure| failure.item_identifier == id);
+        if !failed {
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .expect("delete");
+        } else if retry_now {
+            sqs.change_message_visibility()
+                .queue_url(queue_url)
+                .receipt_handle(receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("change visibility");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Chat completions as asynchronous jobs, shared by `POST /v1/jobs` (api-jobs) and
+//! `POST /v1/chat/completions` with `Prefer: respond-async` (api-chat).
+//!
+//! The answer is `202 Accepted` with `Location: /v1/jobs/{id}`; the job's state is
+//! read there. `Idempotency-Key` makes a submission safe to repeat.
+
+use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
+use lambda_http::{Body, Response};
+use sophia_shared::ApiError;
+use sophia_shared::auth::{Principal, SCOPE_JOBS};
+use sophia_shared::jobs::{JobStore, NewJob, idempotency_key};
+use sophia_shared::observability::MetricSet;
+
+use crate::request::{ChatRequest, Limits};
+
+/// `Prefer: respond-async` (RFC 7240): always answer with a job.
+pub const RESPOND_ASYNC: &str = "respond-async";
+/// `Prefer: async-fallback`: answer in one piece, but become a job instead of a
+/// 503 when the fleet is unavailable.
+pub const ASYNC_FALLBACK: &str = "async-fallback";
+
+/// Whether the `Prefer` headers carry `preference` (case-insensitive; parameters ignored).
+pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|item| item.split(';').next())
+        .any(|token| token.trim().eq_ignore_ascii_case(preference))
+}
+
+/// Stores the validated request as a job and sends it to the worker.
+pub async fn submit(
+    store: &JobStore,
+    limits: &Limits,
+    principal: &Principal,
+    chat: &ChatRequest,
+    headers: &HeaderMap,
+    service: &'static str,
+) -> Result<Response<Body>, ApiError> {
+    if !principal.scopes.iter().any(|scope| scope == SCOPE_JOBS) {
+        return Err(ApiError::Forbidden {
+            scope: SCOPE_JOBS.to_owned(),
+        });
+    }
+    if chat.stream {
+        return Err(ApiError::invalid(
+            "a job's answer is read from GET /v1/jobs/{id}, not streamed; leave stream unset",
+        ));
+    }
+    let key = idempotency_key(headers)?;
+    let request = chat.upstream_body(limits)?.to_string();
+    let submission = store
+        .submit(NewJob {
+            tenant: &principal.tenant,
+            model: &chat.model,
+            request: &request,
+            idempotency_key: key.as_deref(),
+        })
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "submitting a job failed");
+            error.to_api_error()
+        })?;
+    let job = &submission.job;
+    tracing::info!(
+        job_id = %job.id,
+        replayed = submission.replayed,
+        enqueued = submission.enqueued,
+        "job accepted"
+    );
+    if !submission.replayed {
+        MetricSet::new("Sophia")
+            .dimension("Service", service)
+            .count("JobsSubmitted", 1.0)
+            .count(
+                "JobsNotEnqueued",
+                if submission.enqueued { 0.0 } else { 1.0 },
+            )
+            .emit();
+    }
+    let mut response =
+        sophia_shared::http::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    response.headers_mut().insert(header::LOCATION, location);
+    if submission.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preferences_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        assert!(!prefers(&headers, RESPOND_ASYNC));
+        headers.insert("prefer", "wait=10, Respond-Async".parse().unwrap());
+        assert!(prefers(&headers, RESPOND_ASYNC));
+        assert!(!prefers(&headers, ASYNC_FALLBACK));
+        headers.append("prefer", "async-fallback; x=1".parse().unwrap());
+        assert!(prefers(&headers, ASYNC_FALLBACK));
+        headers.insert("prefer", "respond-asyncx".parse().unwrap());
+        assert!(!prefers(&headers, RESPOND_ASYNC));
+    }
+}

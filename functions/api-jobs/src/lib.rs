@@ -1,0 +1,2 @@
+//! api-jobs: chat completions as asynchronous jobs.
+pub mod handler;

@@ -1,0 +1,167 @@
+//! Two repairs, both idempotent (running twice changes nothing more):
+//!
+//! 1. **Stranded jobs.** Submission stores a job, then sends its message. If the
+//!    send failed, the job still carries its outbox marker; every job marked for
+//!    longer than `SWEEP_STRANDED_AFTER_SECS` (60) is sent again. A job whose
+//!    message did go out but whose marker stayed is sent twice, which the worker's
+//!    claim makes harmless.
+//! 2. **Dead-lettered jobs.** Every message in the jobs dead-letter queue is looked
+//!    at (and left there for a redrive); its job, if still PENDING or held by a
+//!    run whose lease has passed (a worker that crashed or timed out on every
+//!    delivery), becomes FAILED with a reason the user can read. A redrive later
+//!    runs it again.
+//!
+//! Storage or queue failures are `Retryable` (the schedule retries, then its
+//! dead-letter queue keeps the event); bad input is `NonRetryable.Invalid`.
+
+use std::time::Duration;
+
+use lambda_runtime::Diagnostic;
+use serde::{Deserialize, Serialize};
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::deadletter::DeadLetterQueue;
+use sophia_shared::jobs::{JobMessage, JobStore, now_ms};
+use sophia_shared::observability::MetricSet;
+
+pub const SERVICE: &str = "job-queue-sweep";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("the event is not a sweep event: {0}")]
+    Invalid(String),
+    #[error("jobs storage failed: {0}")]
+    Storage(String),
+    #[error("the dead-letter queue could not be read: {0}")]
+    Queue(String),
+}
+
+impl From<SweepError> for Diagnostic {
+    fn from(error: SweepError) -> Self {
+        let error_type = match error {
+            SweepError::Invalid(_) => "NonRetryable.Invalid",
+            SweepError::Storage(_) => "Retryable.Storage",
+            SweepError::Queue(_) => "Retryable.Queue",
+        };
+        Diagnostic {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+pub struct Deps {
+    pub jobs: JobStore,
+    pub dead_letters: DeadLetterQueue,
+    pub stranded_after: Duration,
+    /// Messages looked at per run.
+    pub max_messages: usize,
+}
+
+impl Deps {
+    /// `JOBS_TABLE`, `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `SWEEP_STRANDED_AFTER_SECS` (60),
+    /// `SWEEP_MAX_MESSAGES` (500).
+    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        let jobs = JobStore::from_env(env, sdk)?;
+        let dead_letters = DeadLetterQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            "jobs",
+            env.required("JOBS_DLQ_URL")?,
+            jobs.queue_url().to_owned(),
+        );
+        Ok(Self {
+            jobs,
+            dead_letters,
+            stranded_after: Duration::from_secs(env.parse_or("SWEEP_STRANDED_AFTER_SECS", 60)?),
+            max_messages: env.parse_or("SWEEP_MAX_MESSAGES", 500)?,
+        })
+    }
+}
+
+/// The scheduler's input: `{"run": "<aws.scheduler.scheduled-time>"}` (logged only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepEvent {
+    #[serde(default)]
+    run: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Stranded jobs whose message was sent now.
+    pub resent: Vec<String>,
+    /// Jobs marked FAILED because their message is dead-lettered.
+    pub dead_lettered: Vec<String>,
+    /// Dead-letter messages looked at.
+    pub dead_letter_messages: usize,
+    /// Dead-letter messages that are not job messages (left for an operator).
+    pub unreadable_messages: usize,
+}
+
+pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport, SweepError> {
+    let event: SweepEvent =
+        serde_json::from_value(event).map_err(|e| SweepError::Invalid(e.to_string()))?;
+    tracing::info!(
+        run = event.run.as_deref().unwrap_or("manual"),
+        "sweeping the jobs queue"
+    );
+    let mut report = SweepReport::default();
+
+    let cutoff = now_ms().saturating_sub(deps.stranded_after.as_millis() as u64);
+    let stranded = deps
+        .jobs
+        .stranded(cutoff, 100)
+        .await
+        .map_err(|e| SweepError::Storage(e.to_string()))?;
+    for id in stranded {
+        match deps.jobs.send(&id).await {
+            Ok(()) => {
+                tracing::warn!(job_id = %id, "stranded job sent again");
+                report.resent.push(id);
+            }
+            Err(error) => tracing::error!(job_id = %id, %error, "re-sending a stranded job failed"),
+        }
+    }
+
+    let letters = deps
+        .dead_letters
+        .peek(deps.max_messages)
+        .await
+        .map_err(SweepError::Queue)?;
+    report.dead_letter_messages = letters.len();
+    for letter in letters {
+        let Ok(message) = serde_json::from_str::<JobMessage>(&letter.body) else {
+            report.unreadable_messages += 1;
+            continue;
+        };
+        let job = deps
+            .jobs
+            .get(&message.job_id)
+            .await
+            .map_err(|e| SweepError::Storage(e.to_string()))?;
+        let Some(job) = job.filter(|job| !job.status.is_terminal()) else {
+            continue;
+        };
+        let reason = match &job.last_error {
+            Some(last) => format!(
+                "the job's message was dead-lettered after repeated failed deliveries; last error: {last}"
+            ),
+            None => "the job's message was dead-lettered: every delivery ended without an answer (the worker timed out or stopped)".to_owned(),
+        };
+        if deps
+            .jobs
+            .dead_letter(&job.id, &reason)
+            .await
+            .map_err(|e| SweepError::Storage(e.to_string()))?
+        {
+            tracing::warn!(job_id = %job.id, "dead-lettered job marked FAILED");
+            report.dead_lettered.push(job.id);
+        }
+    }
+    MetricSet::new("Sophia")
+        .dimension("Service", SERVICE)
+        .count("StrandedJobsResent", report.resent.len() as f64)
+        .count("DeadLetteredJobs", report.dead_lettered.len() as f64)
+        .count("DeadLetterMessages", report.dead_letter_messages as f64)
+        .emit();
+    Ok(report)
+}

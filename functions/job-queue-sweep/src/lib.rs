@@ -1,0 +1,2 @@
+//! job-queue-sweep: keeps the jobs queue honest.
+pub mod handler;

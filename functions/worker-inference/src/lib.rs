@@ -1,0 +1,2 @@
+//! worker-inference: the jobs queue's consumer.
+pub mod handler;
