@@ -7,7 +7,7 @@ cd "$root"
 runs=${BENCH_RUNS:-30}
 
 echo "==> building release binaries for this host (same code and profile as the arm64 zips)"
-cargo build --release --locked -p api-health -p bench
+cargo build --release --locked -p api-health -p bench -p fleet-sim
 
 echo
 echo "==> cold start: api-health, $runs runs"
@@ -19,6 +19,11 @@ target/release/coldstart --binary target/release/api-health --event events/api-h
 echo
 echo "==> api-chat: handler overhead and failover latency (its logs and EMF lines are discarded)"
 target/release/chat --rounds "${BENCH_CHAT_ROUNDS:-2000}" --failover-requests "${BENCH_FAILOVER_REQUESTS:-200}" >/dev/null
+
+echo
+echo "==> worker-inference: throughput per instance and CPU time per job (logs discarded)"
+target/release/jobs --jobs "${BENCH_JOBS:-300}" --latency-ms "${BENCH_JOB_LATENCY_MS:-50}" 2>/dev/null \
+  | grep '^worker-inference:'
 
 if ls target/lambda-arm64/*/bootstrap.zip >/dev/null 2>&1; then
   echo

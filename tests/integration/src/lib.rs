@@ -332,11 +332,22 @@ pub async fn receive_batch(
     queue_url: &str,
     max: i32,
 ) -> aws_lambda_events::event::sqs::SqsEvent {
+    receive_batch_hidden_for(sqs, queue_url, max, None).await
+}
+
+/// [`receive_batch`] with a visibility timeout other than the queue's.
+pub async fn receive_batch_hidden_for(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    max: i32,
+    visibility_secs: Option<i32>,
+) -> aws_lambda_events::event::sqs::SqsEvent {
     use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
     let output = sqs
         .receive_message()
         .queue_url(queue_url)
         .max_number_of_messages(max)
+        .set_visibility_timeout(visibility_secs)
         .wait_time_seconds(0)
         .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
         .send()

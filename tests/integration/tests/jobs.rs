@@ -759,3 +759,45 @@ async fn the_sample_batch_runs_the_job_once_and_fails_only_the_poison_record() {
     assert_eq!(setup.status(&id).await["status"], "done");
     assert_eq!(setup.usage_requests("tenant-a").await, 1);
 }
+
+/// A job that outlives its message's visibility timeout keeps the message hidden
+/// (the heartbeat extends it), so no second worker receives it meanwhile.
+#[tokio::test]
+async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
+    let setup = setup(&[
+        ("JOB_VISIBILITY_EXTENSION_SECS", "30"),
+        ("FLEET_ATTEMPT_TIMEOUT_MS", "10000"),
+    ])
+    .await;
+    setup
+        .sim
+        .sim
+        .set_behaviour(Behaviour {
+            latency_ms: 4_000,
+            ..Behaviour::default()
+        })
+        .await;
+    let id = job_id(
+        &setup
+            .submit(&setup.token_a, &completion("long"), None)
+            .await,
+    );
+    // Delivered with a 2 s visibility timeout; the heartbeat runs every second.
+    let event = harness::receive_batch_hidden_for(&setup.sqs, setup.queue(), 1, Some(2)).await;
+    assert_eq!(event.records.len(), 1);
+    let worker = setup.worker.clone();
+    let batch = event.clone();
+    let run = tokio::spawn(async move {
+        worker_inference::handler::handle(&worker, batch, &lambda_context(Duration::from_secs(30)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let meanwhile = receive_batch(&setup.sqs, setup.queue(), 10).await;
+    assert!(
+        meanwhile.records.is_empty(),
+        "the message reappeared while its job ran"
+    );
+    let response = run.await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(setup.status(&id).await["status"], "done");
+}
