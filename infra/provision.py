@@ -231,6 +231,8 @@ class Stack:
                 continue
             own = spec.get("Properties", {}).get("Environment", {}).get("Variables", {})
             merged = {**base, **self.resolve(own)}
+            # What job-drift-detect cannot find locally because this script does not create it.
+            merged["DRIFT_SKIP"] = "functions,rotation"
             binary = spec.get("Metadata", {}).get("BuildProperties", {}).get("Binary", logical)
             envs[binary] = {k: str(v) for k, v in merged.items()}
         return envs

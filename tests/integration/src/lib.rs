@@ -406,3 +406,27 @@ pub async fn settle(
         }
     }
 }
+
+/// A Slack-compatible webhook on loopback that keeps every message.
+pub async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().fallback(move |body: axum::Json<serde_json::Value>| {
+        let sink = sink.clone();
+        async move {
+            sink.lock()
+                .expect("webhook")
+                .push(body["text"].as_str().unwrap_or_default().to_owned());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("webhook");
+    let url = format!(
+        "http://{}/hooks/alerts",
+        listener.local_addr().expect("webhook")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("webhook") });
+    (url, received)
+}

@@ -202,31 +202,12 @@ async fn a_foreign_secret_or_step_is_refused_without_retry() {
     assert!(handle(&deps, missing).await.is_err());
 }
 
-/// A Slack-compatible webhook on loopback that keeps every message.
-async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().fallback(move |body: axum::Json<serde_json::Value>| {
-        let sink = sink.clone();
-        async move {
-            sink.lock()
-                .unwrap()
-                .push(body["text"].as_str().unwrap_or_default().to_owned());
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/alerts", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
-
 #[tokio::test]
 async fn overdue_secrets_alert_once_and_resolve_once() {
     use job_secret_rotate::handler::{Invocation, MAX_AGE_TAG, handle_invocation};
     let stack = local_aws().provision(&unique_stack("rotate-ages"), &[]);
     let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
-    let (url, received) = webhook().await;
+    let (url, received) = harness::webhook().await;
     secrets
         .put_secret_value()
         .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))

@@ -1,0 +1,2 @@
+//! job-drift-detect: live resources against the template.
+pub mod handler;
