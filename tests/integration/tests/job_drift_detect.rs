@@ -159,9 +159,11 @@ async fn out_of_band_changes_are_reported_exactly_alerted_once_and_resolved_once
     assert!(!repaired.drifted(), "{repaired:?}");
     let again = run("r5").await.unwrap();
     assert!(!again.drifted());
-    let messages = received.lock().unwrap();
-    assert_eq!(messages.len(), 2, "{messages:?}");
-    assert!(messages[1].starts_with("[RESOLVED]"));
+    {
+        let messages = received.lock().unwrap();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[1].starts_with("[RESOLVED]"));
+    }
 
     // The latest report is stored.
     let latest = dynamodb
