@@ -48,6 +48,33 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
     ("cache-control", "no-store"),
 ];
 
+/// The metrics of one answered request, the SLIs' source. EMF on stdout costs the
+/// request no round trip; CloudWatch turns it into metrics that job-slo-check
+/// reads (`Requests`, `Errors` = 5xx, `SlowRequests` = slower than
+/// `SLOW_REQUEST_MS`), aggregated however many instances there are.
+pub fn request_outcome(
+    policy: &HttpPolicy,
+    route: &str,
+    status: u16,
+    latency_ms: f64,
+) -> MetricSet {
+    MetricSet::new(METRICS_NAMESPACE)
+        .dimension("Service", policy.service)
+        .dimension("Route", route)
+        .count("Requests", 1.0)
+        .count("Errors", f64::from(u8::from(status >= 500)))
+        .count(
+            "ClientErrors",
+            f64::from(u8::from((400..500).contains(&status))),
+        )
+        .count(
+            "SlowRequests",
+            f64::from(u8::from(latency_ms > policy.slow_request_ms)),
+        )
+        .millis("Latency", latency_ms)
+        .property("status", status)
+}
+
 /// Per-function HTTP settings.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
@@ -62,6 +89,8 @@ pub struct HttpPolicy {
     pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
     /// Per-IP and per-principal limits shared across instances.
     pub limits: Option<std::sync::Arc<crate::ratelimit::RateLimits>>,
+    /// Answers slower than this count as `SlowRequests` (the latency SLI).
+    pub slow_request_ms: f64,
 }
 
 impl HttpPolicy {
@@ -86,6 +115,10 @@ impl HttpPolicy {
                 "must be between 1 and 6291456 (Lambda's payload limit)",
             ));
         }
+        let slow_request_ms: u32 = env.parse_or("SLOW_REQUEST_MS", 200)?;
+        if !(1..=60_000).contains(&slow_request_ms) {
+            return Err(ConfigError::new("SLOW_REQUEST_MS", "must be 1 to 60000"));
+        }
         Ok(Self {
             service,
             cors_allowed_origins: origins,
@@ -93,6 +126,7 @@ impl HttpPolicy {
             default_budget: Duration::from_secs(10),
             auth: None,
             limits: None,
+            slow_request_ms: f64::from(slow_request_ms),
         })
     }
 
@@ -410,17 +444,7 @@ where
         let status = response.status().as_u16();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(status, latency_ms, route = template, "request completed");
-        MetricSet::new(METRICS_NAMESPACE)
-            .dimension("Service", policy.service)
-            .dimension("Route", template)
-            .count("Requests", 1.0)
-            .count("Errors", f64::from(u8::from(status >= 500)))
-            .count(
-                "ClientErrors",
-                f64::from(u8::from((400..500).contains(&status))),
-            )
-            .millis("Latency", latency_ms)
-            .property("status", status)
+        request_outcome(policy, template, status, latency_ms)
             .property("correlation_id", correlation_id.as_str())
             .emit();
         response
@@ -694,6 +718,7 @@ mod tests {
             default_budget: Duration::from_secs(1),
             auth: None,
             limits: None,
+            slow_request_ms: 200.0,
         }
     }
 

@@ -193,6 +193,17 @@ pub fn deadline_from_epoch_ms(deadline_ms: u64, default_budget: Duration) -> std
     }
 }
 
+/// Where EMF documents also go, besides stdout. Unset in Lambda (CloudWatch reads
+/// stdout there); the local stack and the tests set it to put the metrics into
+/// the local CloudWatch, standing in for CloudWatch's EMF extraction.
+static EMF_SINK: std::sync::OnceLock<EmfSink> = std::sync::OnceLock::new();
+type EmfSink = Box<dyn Fn(&Value) + Send + Sync>;
+
+/// Sets the EMF sink once per process; false if one was set already.
+pub fn set_emf_sink(sink: impl Fn(&Value) + Send + Sync + 'static) -> bool {
+    EMF_SINK.set(Box::new(sink)).is_ok()
+}
+
 /// One CloudWatch EMF document: metrics under a namespace with one dimension set,
 /// plus properties that are searchable in Logs Insights but are not dimensions.
 #[derive(Debug, Clone)]
@@ -268,7 +279,11 @@ impl MetricSet {
 
     /// Writes the document as one stdout line, where the Lambda log agent picks it up.
     pub fn emit(&self) {
-        let line = self.to_json().to_string();
+        let document = self.to_json();
+        if let Some(sink) = EMF_SINK.get() {
+            sink(&document);
+        }
+        let line = document.to_string();
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{line}");
     }

@@ -56,6 +56,7 @@ fn http_policy() -> HttpPolicy {
         default_budget: Duration::from_secs(1),
         auth: None,
         limits: None,
+        slow_request_ms: 200.0,
     }
 }
 

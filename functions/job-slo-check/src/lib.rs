@@ -1,0 +1,2 @@
+//! job-slo-check: burn-rate alerts on the API's SLOs.
+pub mod handler;

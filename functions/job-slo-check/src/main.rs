@@ -1,0 +1,20 @@
+//! job-slo-check (EventBridge Scheduler, every 5 minutes): wiring only.
+
+use job_slo_check::handler::{Deps, handle};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use sophia_shared::aws::{AwsSettings, load_sdk_config};
+use sophia_shared::config::{Env, ProcessEnv};
+use sophia_shared::observability::init_logging;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging();
+    let env = Env::new(&ProcessEnv);
+    let sdk = load_sdk_config(AwsSettings::from_env(&env)?).await;
+    let deps = Deps::from_env(&env, &sdk)
+        .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        handle(&deps, event.payload)
+    }))
+    .await
+}
