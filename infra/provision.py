@@ -232,7 +232,7 @@ class Stack:
             own = spec.get("Properties", {}).get("Environment", {}).get("Variables", {})
             merged = {**base, **self.resolve(own)}
             # What job-drift-detect cannot find locally because this script does not create it.
-            merged["DRIFT_SKIP"] = "functions,rotation"
+            merged["DRIFT_SKIP"] = "functions,rotation,cloudformation"
             binary = spec.get("Metadata", {}).get("BuildProperties", {}).get("Binary", logical)
             envs[binary] = {k: str(v) for k, v in merged.items()}
         return envs

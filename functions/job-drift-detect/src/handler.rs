@@ -6,8 +6,10 @@
 //! queue, function, schedule and secret the job reads the live resource and
 //! reports it missing, or each property whose value differs (expected vs actual);
 //! resources named like the stack's but not declared are reported as unmanaged
-//! extras. Kinds listed in `DRIFT_SKIP` (`functions`, `rotation`) are not checked:
-//! the local stack has no Lambda functions and no rotation schedules.
+//! extras. On AWS, CloudFormation's own `DetectStackDrift` for the stack runs too
+//! and its modified or deleted resources are merged into the report. Kinds listed
+//! in `DRIFT_SKIP` (`functions`, `rotation`, `cloudformation`) are not checked:
+//! the local stack has no Lambda functions, rotation schedules or CloudFormation stack.
 //!
 //! Each report is stored (state table: `drift#report` / `latest` and `run#<run>`,
 //! kept 30 days), counted in the `DriftFindings` metric, and alerted through
@@ -120,13 +122,29 @@ pub struct DriftReport {
     pub missing: Vec<Missing>,
     pub changed: Vec<Changed>,
     pub extras: Vec<Extra>,
+    /// CloudFormation's own drift detection (on AWS), merged in.
+    pub cloudformation: Vec<StackDrift>,
     /// What was not checked, and why.
     pub skipped: Vec<String>,
 }
 
+/// A resource CloudFormation reports as modified or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackDrift {
+    pub logical: String,
+    pub resource_type: String,
+    /// `MODIFIED` or `DELETED`.
+    pub status: String,
+    /// `path: expected → actual` per differing property.
+    pub differences: Vec<String>,
+}
+
 impl DriftReport {
     pub fn drifted(&self) -> bool {
-        !(self.missing.is_empty() && self.changed.is_empty() && self.extras.is_empty())
+        !(self.missing.is_empty()
+            && self.changed.is_empty()
+            && self.extras.is_empty()
+            && self.cloudformation.is_empty())
     }
 
     fn summary(&self) -> String {
@@ -166,6 +184,15 @@ impl DriftReport {
                 "{} {} is not in the template",
                 kind_name(extra.kind),
                 extra.name
+            ));
+        }
+        for drift in self.cloudformation.iter().take(10) {
+            lines.push(format!(
+                "CloudFormation: {} ({}) {} {}",
+                drift.logical,
+                drift.resource_type,
+                drift.status,
+                drift.differences.join("; ")
             ));
         }
         lines.join("\n")
@@ -211,6 +238,8 @@ pub struct Deps {
     pub desired: Vec<Desired>,
     pub skip_functions: bool,
     pub skip_rotation: bool,
+    pub skip_cloudformation: bool,
+    pub cloudformation: aws_sdk_cloudformation::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub scheduler: aws_sdk_scheduler::Client,
@@ -222,17 +251,17 @@ pub struct Deps {
 
 impl Deps {
     /// `STACK_NAME`, `STATE_TABLE`, `ALERT_WEBHOOK_SECRET` (optional), `DRIFT_SKIP`
-    /// (comma-separated: `functions`, `rotation`; none by default).
+    /// (comma-separated: `functions`, `rotation`, `cloudformation`; none by default).
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let stack = env.required("STACK_NAME")?;
         let skip = env.list("DRIFT_SKIP");
         if let Some(unknown) = skip
             .iter()
-            .find(|s| !matches!(s.as_str(), "functions" | "rotation"))
+            .find(|s| !matches!(s.as_str(), "functions" | "rotation" | "cloudformation"))
         {
             return Err(ConfigError::new(
                 "DRIFT_SKIP",
-                format!("unknown kind {unknown:?}; known: functions, rotation"),
+                format!("unknown kind {unknown:?}; known: functions, rotation, cloudformation"),
             )
             .into());
         }
@@ -248,6 +277,8 @@ impl Deps {
             desired: manifest(&stack)?,
             skip_functions: skip.iter().any(|s| s == "functions"),
             skip_rotation: skip.iter().any(|s| s == "rotation"),
+            skip_cloudformation: skip.iter().any(|s| s == "cloudformation"),
+            cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             scheduler: aws_sdk_scheduler::Client::new(sdk),
@@ -300,6 +331,7 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<DriftReport
         missing: Vec::new(),
         changed: Vec::new(),
         extras: Vec::new(),
+        cloudformation: Vec::new(),
         skipped,
     };
     let skip_properties: BTreeSet<String> = if deps.skip_rotation {
@@ -336,6 +368,22 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<DriftReport
             }
         }
     }
+    if deps.skip_cloudformation {
+        report
+            .skipped
+            .push("CloudFormation drift detection: DRIFT_SKIP (no stack here)".to_owned());
+    } else {
+        match stack_drift(deps).await {
+            Ok(drifts) => report.cloudformation = drifts,
+            // Our own comparison stands without it; say why it is missing.
+            Err(error) => {
+                tracing::warn!(%error, "CloudFormation drift detection failed");
+                report
+                    .skipped
+                    .push(format!("CloudFormation drift detection failed: {error}"));
+            }
+        }
+    }
     store(deps, &report).await.map_err(DriftError::Aws)?;
     let findings = report.missing.len() + report.changed.len() + report.extras.len();
     MetricSet::new("Sophia")
@@ -357,6 +405,88 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<DriftReport
         .await
         .map_err(DriftError::Aws)?;
     Ok(report)
+}
+
+/// CloudFormation's `DetectStackDrift` for `STACK_NAME`: started, awaited (up to
+/// a minute), and its modified or deleted resources listed.
+async fn stack_drift(deps: &Deps) -> Result<Vec<StackDrift>, String> {
+    use aws_sdk_cloudformation::types::{StackDriftDetectionStatus, StackResourceDriftStatus};
+    let text = |e: aws_sdk_cloudformation::Error| e.to_string();
+    let detection = deps
+        .cloudformation
+        .detect_stack_drift()
+        .stack_name(&deps.stack)
+        .send()
+        .await
+        .map_err(|e| text(e.into()))?;
+    let id = detection
+        .stack_drift_detection_id()
+        .ok_or("no detection ID in the answer")?
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = deps
+            .cloudformation
+            .describe_stack_drift_detection_status()
+            .stack_drift_detection_id(&id)
+            .send()
+            .await
+            .map_err(|e| text(e.into()))?;
+        match status.detection_status() {
+            Some(StackDriftDetectionStatus::DetectionComplete) => break,
+            Some(StackDriftDetectionStatus::DetectionFailed) => {
+                return Err(format!(
+                    "detection failed: {}",
+                    status.detection_status_reason().unwrap_or_default()
+                ));
+            }
+            _ if std::time::Instant::now() > deadline => {
+                return Err("detection did not finish within 60 s".to_owned());
+            }
+            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+    let mut drifts = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = deps
+            .cloudformation
+            .describe_stack_resource_drifts()
+            .stack_name(&deps.stack)
+            .stack_resource_drift_status_filters(StackResourceDriftStatus::Modified)
+            .stack_resource_drift_status_filters(StackResourceDriftStatus::Deleted)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| text(e.into()))?;
+        for drift in page.stack_resource_drifts() {
+            drifts.push(StackDrift {
+                logical: drift.logical_resource_id().unwrap_or_default().to_owned(),
+                resource_type: drift.resource_type().unwrap_or_default().to_owned(),
+                status: drift
+                    .stack_resource_drift_status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                differences: drift
+                    .property_differences()
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}: {} → {}",
+                            d.property_path().unwrap_or_default(),
+                            d.expected_value().unwrap_or_default(),
+                            d.actual_value().unwrap_or_default()
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        match page.next_token() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    Ok(drifts)
 }
 
 async fn store(deps: &Deps, report: &DriftReport) -> Result<(), String> {

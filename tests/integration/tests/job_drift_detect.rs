@@ -199,3 +199,22 @@ async fn a_bad_event_is_not_retried() {
         Err(DriftError::Invalid(_))
     ));
 }
+
+/// Where CloudFormation drift detection is unavailable (the local AWS does not
+/// implement it), the report still comes, saying why that part is missing.
+#[tokio::test]
+async fn cloudformation_detection_failing_does_not_fail_the_report() {
+    let stack = local_aws().provision(&unique_stack("drift-cfn"), &[]);
+    let env = stack.env_with(&[("DRIFT_SKIP", "functions,rotation")]);
+    let deps = Deps::from_env(&Env::new(&env), &local_aws().sdk_config().await).unwrap();
+    let report = handle(&deps, json!({"run": "cfn"})).await.unwrap();
+    assert!(!report.drifted(), "{report:?}");
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("CloudFormation drift detection failed")),
+        "{:?}",
+        report.skipped
+    );
+}
