@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ deploy: build ## deploy to AWS with SAM (needs AWS credentials and the SAM CLI; 
 
 probe: ## run job-fleet-probe once against the running `make dev` (shared fleet health)
 	@tools/invoke.sh job-fleet-probe manual
+
+slo: ## run job-slo-check once against the running `make dev` (burn rates from the local requests' metrics)
+	@tools/invoke.sh job-slo-check scheduled
 
 drift: ## run job-drift-detect once against the running `make dev` (live resources vs infra/template.yaml)
 	@tools/invoke.sh job-drift-detect scheduled

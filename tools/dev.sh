@@ -128,6 +128,11 @@ wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 
 
 # Lambda's SQS event source for the worker (moto cannot run one): jobs submitted
 # to the API run through worker-inference under cargo lambda watch.
+# CloudWatch's EMF extraction: the functions' request metrics reach the local
+# CloudWatch, where job-slo-check (`make slo`) reads them.
+start "emf-shipper" "$state_dir/emf-shipper.log" \
+  "$root/target/debug/sophia-dev" ship-emf --log "$state_dir/watch.log"
+
 jobs_queue=$(sed -n 's/^JOBS_QUEUE_URL="\(.*\)"$/\1/p' "$state_dir/dev.env")
 start "jobs-event-source" "$state_dir/event-source.log" \
   "$root/target/debug/sophia-dev" event-source --queue-url "$jobs_queue" \
@@ -159,6 +164,8 @@ Try:
     -H 'idempotency-key: my-first-job' -d '{"model":"sophia-small","messages":[{"role":"user","content":"later"}]}'
   curl -s $base/v1/jobs/<id from Location> -H "authorization: Bearer \$TOKEN"   # done within a second
   make sweep                  # run job-queue-sweep once (stranded and dead-lettered jobs)
+  make slo                    # run job-slo-check once (burn rates from the requests above)
+  make drift                  # run job-drift-detect once (live resources vs infra/template.yaml)
 
   curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator
 

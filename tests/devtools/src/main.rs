@@ -5,6 +5,10 @@
 //! uses) and writes its plaintext to `--out` (mode 0600). The AWS endpoint and
 //! the table come from the environment, as for the functions.
 //!
+//! `sophia-dev ship-emf --log .local/watch.log` follows the functions' output
+//! and puts every EMF line into the local CloudWatch, as CloudWatch does with a
+//! Lambda's log lines in AWS, so job-slo-check sees the local requests.
+//!
 //! `sophia-dev event-source --queue-url URL --function worker-inference --invoke
 //! http://127.0.0.1:9000` stands in for Lambda's SQS event source mapping (moto
 //! cannot run one without Docker): it long-polls the queue, invokes the function
@@ -56,6 +60,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         batch_size: i32,
     },
+    /// Follow a log file and put its EMF lines into the local CloudWatch (runs until stopped).
+    ShipEmf {
+        #[arg(long)]
+        log: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -70,6 +79,7 @@ async fn main() -> ExitCode {
             invoke,
             batch_size,
         } => event_source(&env, &queue_url, &function, &invoke, batch_size).await,
+        Command::ShipEmf { log } => ship_emf(&env, &log).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,5 +227,57 @@ async fn event_source(
             messages.len(),
             failed.len()
         );
+    }
+}
+
+async fn ship_emf(env: &Env<'_>, log: &PathBuf) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let sdk = load_sdk_config(AwsSettings::from_env(env).map_err(|e| e.to_string())?).await;
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk);
+    println!(
+        "  shipping EMF lines of {} to the local CloudWatch",
+        log.display()
+    );
+    let mut offset = 0u64;
+    let mut partial = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(mut file) = std::fs::File::open(log) else {
+            continue;
+        };
+        let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if length < offset {
+            // The log was truncated (a restart): read it from the start.
+            offset = 0;
+            partial.clear();
+        }
+        if file.seek(SeekFrom::Start(offset)).is_err() {
+            continue;
+        }
+        let mut chunk = String::new();
+        let Ok(read) = file.read_to_string(&mut chunk) else {
+            continue;
+        };
+        offset += read as u64;
+        partial.push_str(&chunk);
+        let Some(end) = partial.rfind('\n') else {
+            continue;
+        };
+        let complete: String = partial.drain(..=end).collect();
+        let documents: Vec<Value> = complete
+            .lines()
+            .filter(|line| line.contains("\"_aws\""))
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if documents.is_empty() {
+            continue;
+        }
+        match devtools::put_emf(&cloudwatch, &documents).await {
+            Ok(count) => println!(
+                "  shipped {count} metric values from {} EMF lines",
+                documents.len()
+            ),
+            Err(error) => eprintln!("  shipping EMF failed: {error}"),
+        }
     }
 }

@@ -435,52 +435,7 @@ pub async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>
 /// the local CloudWatch: what CloudWatch's EMF extraction does with a Lambda's
 /// log lines in AWS.
 pub async fn ship_emf(cloudwatch: &aws_sdk_cloudwatch::Client, documents: &[Value]) {
-    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
-    let mut data: Vec<(String, MetricDatum)> = Vec::new();
-    for document in documents {
-        let aws = &document["_aws"];
-        let timestamp = aws["Timestamp"].as_u64().expect("EMF timestamp");
-        for directive in aws["CloudWatchMetrics"].as_array().expect("EMF directives") {
-            let namespace = directive["Namespace"]
-                .as_str()
-                .expect("namespace")
-                .to_owned();
-            let dimensions: Vec<Dimension> = directive["Dimensions"][0]
-                .as_array()
-                .expect("dimension set")
-                .iter()
-                .map(|name| {
-                    let name = name.as_str().expect("dimension name");
-                    Dimension::builder()
-                        .name(name)
-                        .value(document[name].as_str().unwrap_or_default())
-                        .build()
-                })
-                .collect();
-            for metric in directive["Metrics"].as_array().expect("metrics") {
-                let name = metric["Name"].as_str().expect("metric name");
-                let datum = MetricDatum::builder()
-                    .metric_name(name)
-                    .set_dimensions(Some(dimensions.clone()))
-                    .value(document[name].as_f64().unwrap_or_default())
-                    .timestamp(aws_smithy_types::DateTime::from_millis(timestamp as i64))
-                    .build();
-                data.push((namespace.clone(), datum));
-            }
-        }
-    }
-    for chunk in data.chunks(500) {
-        let namespace = chunk[0].0.clone();
-        assert!(
-            chunk.iter().all(|(n, _)| *n == namespace),
-            "one namespace per batch"
-        );
-        cloudwatch
-            .put_metric_data()
-            .namespace(namespace)
-            .set_metric_data(Some(chunk.iter().map(|(_, d)| d.clone()).collect()))
-            .send()
-            .await
-            .expect("PutMetricData");
-    }
+    devtools::put_emf(cloudwatch, documents)
+        .await
+        .expect("PutMetricData");
 }
