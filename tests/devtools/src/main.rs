@@ -133,7 +133,7 @@ async fn event_source(
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(batch_size)
-            .wait_time_seconds(5)
+            .wait_time_seconds(1)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
             .await;
