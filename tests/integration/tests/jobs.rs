@@ -640,6 +640,25 @@ async fn a_job_whose_message_was_never_sent_is_sent_by_the_sweeper() {
     ));
 }
 
+/// A chat request with a bearer token and, optionally, a `Prefer` header.
+fn chat_request(token: &str, prefer: Option<&str>) -> lambda_http::Request {
+    let mut request = with_bearer(
+        json_request(
+            "POST",
+            "/v1/chat/completions",
+            &completion("hi"),
+            Some(Duration::from_secs(10)),
+        ),
+        token,
+    );
+    if let Some(prefer) = prefer {
+        request
+            .headers_mut()
+            .insert("prefer", prefer.parse().unwrap());
+    }
+    request
+}
+
 #[tokio::test]
 async fn chat_becomes_a_job_when_asked_or_when_the_fleet_is_down_and_the_caller_opted_in() {
     let stack = local_aws().provision(&unique_stack("jobs"), &[]);
@@ -651,19 +670,8 @@ async fn chat_becomes_a_job_when_asked_or_when_the_fleet_is_down_and_the_caller_
         .unwrap();
     let token = harness::issue_token(&stack, "tenant-a", &["chat", "jobs"]).await;
     // respond-async: always a job.
-    let mut request = with_bearer(
-        json_request(
-            "POST",
-            "/v1/chat/completions",
-            &completion("hi"),
-            Some(Duration::from_secs(10)),
-        ),
-        &token,
-    );
-    request
-        .headers_mut()
-        .insert("prefer", "respond-async".parse().unwrap());
-    let response = api_chat::handler::handle(&chat, request).await;
+    let response =
+        api_chat::handler::handle(&chat, chat_request(&token, Some("respond-async"))).await;
     assert_eq!(response.headers()["preference-applied"], "respond-async");
     job_id(&response);
     assert_eq!(sim.sim.counters.completions.load(Ordering::SeqCst), 0);
@@ -677,50 +685,18 @@ async fn chat_becomes_a_job_when_asked_or_when_the_fleet_is_down_and_the_caller_
     let down = api_chat::handler::Deps::from_env(api_chat::handler::SERVICE, &Env::new(&env), &sdk)
         .await
         .unwrap();
-    let plain = with_bearer(
-        json_request(
-            "POST",
-            "/v1/chat/completions",
-            &completion("hi"),
-            Some(Duration::from_secs(10)),
-        ),
-        &token,
-    );
-    assert_eq!(api_chat::handler::handle(&down, plain).await.status(), 503);
-    let mut opted = with_bearer(
-        json_request(
-            "POST",
-            "/v1/chat/completions",
-            &completion("hi"),
-            Some(Duration::from_secs(10)),
-        ),
-        &token,
-    );
-    opted
-        .headers_mut()
-        .insert("prefer", "async-fallback".parse().unwrap());
-    let response = api_chat::handler::handle(&down, opted).await;
+    let plain = api_chat::handler::handle(&down, chat_request(&token, None)).await;
+    assert_eq!(plain.status(), 503);
+    let response =
+        api_chat::handler::handle(&down, chat_request(&token, Some("async-fallback"))).await;
     assert_eq!(response.headers()["preference-applied"], "async-fallback");
     job_id(&response);
 
     // A token without the jobs scope cannot create jobs through chat either.
     let chat_only = harness::issue_token(&stack, "tenant-a", &["chat"]).await;
-    let mut request = with_bearer(
-        json_request(
-            "POST",
-            "/v1/chat/completions",
-            &completion("hi"),
-            Some(Duration::from_secs(10)),
-        ),
-        &chat_only,
-    );
-    request
-        .headers_mut()
-        .insert("prefer", "respond-async".parse().unwrap());
-    assert_eq!(
-        api_chat::handler::handle(&chat, request).await.status(),
-        403
-    );
+    let refused =
+        api_chat::handler::handle(&chat, chat_request(&chat_only, Some("respond-async"))).await;
+    assert_eq!(refused.status(), 403);
 }
 
 /// `events/worker-inference/batch.json` (what `cargo lambda invoke` sends): a good
