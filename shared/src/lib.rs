@@ -3,6 +3,7 @@
 //! - [`alerts`]: de-duplicated alerts to a Slack-compatible webhook;
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
+//! - [`batch`]: SQS partial batch failures for queue consumers;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
 //! - [`deadletter`]: dead-letter queues: peek without losing, redrive;
 //! - [`dynamo`]: small DynamoDB helpers (attribute values, error text);
@@ -21,6 +22,7 @@ pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod aws;
+pub mod batch;
 pub mod config;
 pub mod deadletter;
 pub mod dynamo;

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_chat::usage::{PriceTable, Usage, UsageRecorder};
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use futures_util::StreamExt;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use sophia_shared::ApiError;
+use sophia_shared::batch::{Outcome, message_id, process_batch};
 use sophia_shared::config::{ConfigError, Env, InitError};
 use sophia_shared::fleet::FleetClient;
 use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage, JobStore, now_ms};
@@ -105,15 +105,6 @@ impl Deps {
     }
 }
 
-/// What became of one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Finished with (DONE or FAILED), or nothing left to do: delete the message.
-    Acknowledged(&'static str),
-    /// Try again after the visibility timeout.
-    Retry(String),
-}
-
 pub async fn handle(
     deps: &Deps,
     event: SqsEvent,
@@ -126,45 +117,21 @@ pub async fn handle(
     } else {
         now_ms() + 15 * 60 * 1000
     };
-    let invocation = context.request_id.clone();
-    let outcomes: Vec<(String, Outcome)> = futures_util::stream::iter(event.records)
+    let invocation = context.request_id.as_str();
+    let work: Vec<_> = event
+        .records
+        .iter()
         .map(|record| {
-            let id = record.message_id.clone().unwrap_or_default();
-            let span =
-                tracing::info_span!("record", message_id = %id, job_id = tracing::field::Empty);
-            let invocation = invocation.as_str();
-            async move { (id, process(deps, &record, invocation, deadline_ms).await) }
-                .instrument(span)
+            (
+                message_id(record),
+                run_record(deps, record, invocation, deadline_ms),
+            )
         })
-        .buffer_unordered(deps.settings.concurrency)
-        .collect()
-        .await;
-    let mut response = SqsBatchResponse::default();
-    for (id, outcome) in outcomes {
-        if let Outcome::Retry(_) = outcome {
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
-        }
-    }
-    response
+        .collect();
+    process_batch(work, deps.settings.concurrency).await
 }
 
 /// One record, start to end. Never panics; every path ends in an [`Outcome`].
-pub async fn process(
-    deps: &Deps,
-    record: &SqsMessage,
-    invocation: &str,
-    deadline_ms: u64,
-) -> Outcome {
-    let outcome = run_record(deps, record, invocation, deadline_ms).await;
-    match &outcome {
-        Outcome::Acknowledged(what) => tracing::info!(outcome = what, "record done"),
-        Outcome::Retry(reason) => tracing::warn!(reason, "record will be retried"),
-    }
-    outcome
-}
-
 async fn run_record(
     deps: &Deps,
     record: &SqsMessage,
@@ -178,7 +145,19 @@ async fn run_record(
         tracing::error!(body_bytes = body.len(), "poison message: not a job message");
         return Outcome::Retry("not a job message".to_owned());
     };
-    tracing::Span::current().record("job_id", message.job_id.as_str());
+    let span = tracing::info_span!("job", job_id = %message.job_id);
+    run_job(deps, record, &message, invocation, deadline_ms)
+        .instrument(span)
+        .await
+}
+
+async fn run_job(
+    deps: &Deps,
+    record: &SqsMessage,
+    message: &JobMessage,
+    invocation: &str,
+    deadline_ms: u64,
+) -> Outcome {
     let receive_count: u32 = record
         .attributes
         .get("ApproximateReceiveCount")
