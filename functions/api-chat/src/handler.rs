@@ -149,7 +149,7 @@ async fn complete(
     api: &ApiRequest<ChatRoute>,
 ) -> Result<Response<Body>, ApiError> {
     let body = chat.upstream_body(&deps.limits)?;
-    let as_job = || {
+    let as_job = |quotas| {
         jobs::submit(
             &deps.jobs,
             &deps.limits,
@@ -157,11 +157,12 @@ async fn complete(
             chat,
             &api.headers,
             deps.billing.service,
+            quotas,
         )
     };
     if jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
-        deps.billing.quotas.reserve(&principal.tenant).await?;
-        return applied(as_job().await?, jobs::RESPOND_ASYNC);
+        let job = as_job(Some(deps.billing.quotas.as_ref())).await?;
+        return applied(job, jobs::RESPOND_ASYNC);
     }
     deps.billing.quotas.reserve(&principal.tenant).await?;
     let reply = match deps.fleet.chat(&body, &api.ctx).await {
@@ -172,7 +173,8 @@ async fn complete(
             // Graceful degradation the caller opted into: a job instead of a 503.
             if error.is_retryable() && jobs::prefers(&api.headers, jobs::ASYNC_FALLBACK) {
                 tracing::info!("fleet unavailable; the request becomes a job");
-                return applied(as_job().await?, jobs::ASYNC_FALLBACK);
+                // The request was counted against the quota above.
+                return applied(as_job(None).await?, jobs::ASYNC_FALLBACK);
             }
             return Err(error);
         }

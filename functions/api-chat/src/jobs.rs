@@ -8,8 +8,9 @@ use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
 use sophia_shared::ApiError;
 use sophia_shared::auth::{Principal, SCOPE_JOBS};
-use sophia_shared::jobs::{JobStore, NewJob, idempotency_key};
+use sophia_shared::jobs::{JobStore, NewJob, idempotency_key, job_id};
 use sophia_shared::observability::MetricSet;
+use sophia_shared::quota::Quotas;
 
 use crate::request::{ChatRequest, Limits};
 
@@ -30,7 +31,9 @@ pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(preference))
 }
 
-/// Stores the validated request as a job and sends it to the worker.
+/// Stores the validated request as a job and sends it to the worker. With
+/// `quotas`, a new job counts one request against the tenant's daily quota; a
+/// replayed `Idempotency-Key` (or a refused one) does not.
 pub async fn submit(
     store: &JobStore,
     limits: &Limits,
@@ -38,6 +41,7 @@ pub async fn submit(
     chat: &ChatRequest,
     headers: &HeaderMap,
     service: &'static str,
+    quotas: Option<&Quotas>,
 ) -> Result<Response<Body>, ApiError> {
     if !principal.scopes.iter().any(|scope| scope == SCOPE_JOBS) {
         return Err(ApiError::Forbidden {
@@ -51,6 +55,19 @@ pub async fn submit(
     }
     let key = idempotency_key(headers)?;
     let request = chat.upstream_body(limits)?.to_string();
+    if let Some(quotas) = quotas {
+        let seen = match &key {
+            Some(key) => store
+                .get(&job_id(&principal.tenant, Some(key)))
+                .await
+                .map_err(|error| error.to_api_error())?
+                .is_some(),
+            None => false,
+        };
+        if !seen {
+            quotas.reserve(&principal.tenant).await?;
+        }
+    }
     let submission = store
         .submit(NewJob {
             tenant: &principal.tenant,

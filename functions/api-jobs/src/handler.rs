@@ -76,12 +76,11 @@ async fn route(deps: &Deps, api: ApiRequest<JobsRoute>) -> Result<Response<Body>
             let chat: ChatRequest = api.json()?;
             chat.validate(&deps.limits)?;
             if chat.stream {
-                // Refused before the quota counts it (submit refuses it too).
+                // Refused before anything is read or counted (submit refuses it too).
                 return Err(ApiError::invalid(
                     "a job's answer is read from GET /v1/jobs/{id}, not streamed; leave stream unset",
                 ));
             }
-            deps.quotas.reserve(&principal.tenant).await?;
             submit(
                 &deps.jobs,
                 &deps.limits,
@@ -89,6 +88,7 @@ async fn route(deps: &Deps, api: ApiRequest<JobsRoute>) -> Result<Response<Body>
                 &chat,
                 &api.headers,
                 SERVICE,
+                Some(&deps.quotas),
             )
             .await
         }

@@ -513,7 +513,8 @@ async fn a_poison_job_is_dead_lettered_failed_with_a_reason_and_completes_after_
 
 #[tokio::test]
 async fn idempotency_key_replays_the_job_and_refuses_another_body() {
-    let setup = setup(&[]).await;
+    // Two requests a day: a replay or a refused key must not use one up.
+    let setup = setup(&[("TENANT_DEFAULT_REQUESTS_PER_DAY", "2")]).await;
     let first = setup
         .submit(&setup.token_a, &completion("once"), Some("order-42"))
         .await;
@@ -556,6 +557,21 @@ async fn idempotency_key_replays_the_job_and_refuses_another_body() {
         .submit(&setup.token_a, &completion("x"), Some("has space"))
         .await;
     assert_eq!(bad_key.status(), 400);
+    // Only the first submission counted: one more job fits, the next does not.
+    job_id(
+        &setup
+            .submit(&setup.token_a, &completion("second"), None)
+            .await,
+    );
+    let over = setup
+        .submit(&setup.token_a, &completion("third"), Some("order-43"))
+        .await;
+    assert_eq!(over.status(), 429);
+    // A replay still answers when the quota is used up.
+    let late_replay = setup
+        .submit(&setup.token_a, &completion("once"), Some("order-42"))
+        .await;
+    assert_eq!(job_id(&late_replay), id);
 }
 
 #[tokio::test]
