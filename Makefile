@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,6 +85,11 @@ slo: ## run job-slo-check once against the running `make dev` (burn rates from t
 
 drift: ## run job-drift-detect once against the running `make dev` (live resources vs infra/template.yaml)
 	@tools/invoke.sh job-drift-detect scheduled
+
+rotate: ## run the four rotation steps of the dev stack's fleet token once (job-secret-rotate; replays are no-ops)
+	@for step in createSecret setSecret testSecret finishSecret; do \
+		echo "==> $$step"; tools/invoke.sh job-secret-rotate $$step || exit 1; echo; \
+	done
 
 secret-audit: ## run the daily secret-age audit of job-secret-rotate once against the running `make dev`
 	@tools/invoke.sh job-secret-rotate secret-age-audit
