@@ -250,6 +250,15 @@ pub async fn handle(deps: &Deps, event: RotationEvent) -> Result<serde_json::Val
         )));
     }
     let done = serde_json::json!({ "step": event.step, "secret": name, "version": event.token });
+    // A rotation that already finished (its version is AWSCURRENT): every replayed
+    // step is a no-op, as in AWS's rotation templates.
+    if token_stages
+        .as_ref()
+        .is_some_and(|labels| labels.iter().any(|label| label == CURRENT))
+    {
+        tracing::info!(secret = name, version = %event.token, step = %event.step, "version is already current; nothing to do");
+        return Ok(done);
+    }
     match event.step.as_str() {
         "createSecret" => {
             if token_stages.is_some() {

@@ -87,6 +87,16 @@ async fn the_signing_key_ring_rotates_without_breaking_live_tokens() {
         !after.values().flatten().any(|l| l == "AWSPENDING"),
         "{after:?}"
     );
+    // The whole finished rotation replayed (a retried invocation, `make rotate`
+    // twice): every step is a no-op and the labels stay.
+    rotate(
+        &deps,
+        stack.env("SIGNING_KEYS_SECRET"),
+        &version,
+        async || {},
+    )
+    .await;
+    assert_eq!(stages(&stack, "SIGNING_KEYS_SECRET").await, after);
 
     let settings = AuthSettings::from_env(&Env::new(&stack.env)).unwrap();
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
