@@ -190,7 +190,7 @@ async fn run_job(
     let started = Instant::now();
     let answer = tokio::select! {
         answer = call_fleet(deps, &job, deadline_ms) => answer,
-        () = keep_visible(deps, &receipt) => unreachable_heartbeat(),
+        never = keep_visible(deps, &receipt) => match never {},
     };
     let metrics = MetricSet::new("Sophia")
         .dimension("Service", SERVICE)
@@ -263,10 +263,6 @@ pub fn is_permanent(error: &ApiError) -> bool {
     }
 }
 
-fn unreachable_heartbeat() -> Result<sophia_shared::fleet::FleetReply, ApiError> {
-    Err(ApiError::internal("the visibility heartbeat stopped"))
-}
-
 async fn call_fleet(
     deps: &Deps,
     job: &Job,
@@ -291,7 +287,7 @@ async fn call_fleet(
 
 /// Pushes the message's visibility timeout forward while the job runs, so that a
 /// long job is not delivered to a second worker meanwhile. Never returns.
-async fn keep_visible(deps: &Deps, receipt: &str) {
+async fn keep_visible(deps: &Deps, receipt: &str) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(deps.settings.heartbeat).await;
         let extended = deps
