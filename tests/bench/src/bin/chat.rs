@@ -79,6 +79,9 @@ async fn deps(fleet: &str, dynamodb: &str, extra: &[(&str, &str)]) -> Deps {
         ),
         ("STATE_TABLE", "bench-state"),
         ("USAGE_TABLE", "bench-usage"),
+        // Only `Prefer: respond-async` uses them; the bench never sends it.
+        ("JOBS_TABLE", "bench-jobs"),
+        ("JOBS_QUEUE_URL", "http://127.0.0.1:9/queue/bench-jobs"),
         ("AUTH_TABLE", "bench-auth"),
         ("SIGNING_KEYS_SECRET", "bench-keys"),
         ("FLEET_ENDPOINTS", fleet),
