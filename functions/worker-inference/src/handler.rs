@@ -349,7 +349,15 @@ async fn finish(
             tracing::warn!("the claim was lost before completing; nothing written or billed");
             Outcome::Acknowledged("claim lost")
         }
-        Err(error) => Outcome::Retry(format!("storing the result failed: {error}")),
+        Err(error) => {
+            // Nothing was written or billed. Give the job back so the redelivery
+            // can run it at once instead of waiting for this run's lease.
+            let reason = format!("storing the result failed: {error}");
+            if let Err(error) = deps.jobs.release(&job.id, attempt, &reason).await {
+                tracing::warn!(%error, "releasing the job failed; its lease expires on its own");
+            }
+            Outcome::Retry(reason)
+        }
     }
 }
 

@@ -793,3 +793,41 @@ async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(setup.status(&id).await["status"], "done");
 }
+
+/// The answer came but could not be stored (here: billing to a table that does
+/// not exist): nothing is written or billed, and the job is given back at once
+/// rather than left leased, so the next delivery completes it.
+#[tokio::test]
+async fn a_result_that_cannot_be_stored_gives_the_job_back() {
+    let setup = setup(&[]).await;
+    let id = job_id(
+        &setup
+            .submit(&setup.token_a, &completion("unstored"), None)
+            .await,
+    );
+    let env = env_for(
+        &setup.stack,
+        &setup.sim,
+        &[("USAGE_TABLE", "no-such-table")],
+    );
+    let broken =
+        worker_inference::handler::Deps::from_env(&Env::new(&env), &local_aws().sdk_config().await)
+            .unwrap();
+    let event = receive_batch(&setup.sqs, setup.queue(), 1).await;
+    let response = worker_inference::handler::handle(
+        &broken,
+        event.clone(),
+        &lambda_context(Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        setup.status(&id).await["status"],
+        "pending",
+        "given back, not leased"
+    );
+    settle(&setup.sqs, setup.queue(), &event, &response, true).await;
+    setup.poll_once(true).await;
+    assert_eq!(setup.status(&id).await["status"], "done");
+    assert_eq!(setup.usage_requests("tenant-a").await, 1, "billed once");
+}

@@ -66,6 +66,8 @@ fn free_port() -> u16 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // Logs (JSON, stdout; RUST_LOG, default info) show why a record was retried.
+    sophia_shared::observability::init_logging();
     let port = free_port();
     let mut sim = tokio::process::Command::new(&args.sim_binary)
         .args(["--port", &port.to_string(), "--name", "bench"])
