@@ -21,3 +21,23 @@ pub fn s(value: &str) -> AttributeValue {
 pub fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
+
+/// Runs an update built for a transaction (`types::Update`) on its own, so one
+/// definition serves both the single write and the transactional one.
+pub async fn apply(
+    client: &aws_sdk_dynamodb::Client,
+    update: aws_sdk_dynamodb::types::Update,
+) -> Result<(), String> {
+    client
+        .update_item()
+        .table_name(update.table_name())
+        .set_key(Some(update.key().clone()))
+        .update_expression(update.update_expression())
+        .set_condition_expression(update.condition_expression().map(str::to_owned))
+        .set_expression_attribute_names(update.expression_attribute_names().cloned())
+        .set_expression_attribute_values(update.expression_attribute_values().cloned())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(error_text)
+}

@@ -184,16 +184,7 @@ impl Quotas {
         let update = self
             .add_tokens_update(tenant, tokens)
             .map_err(|e| e.to_string())?;
-        self.dynamodb
-            .update_item()
-            .table_name(update.table_name())
-            .set_key(Some(update.key().clone()))
-            .update_expression(update.update_expression())
-            .set_expression_attribute_values(update.expression_attribute_values().cloned())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(aws)
+        crate::dynamo::apply(&self.dynamodb, update).await
     }
 
     /// [`Self::add_tokens`] as an update, for transactions.

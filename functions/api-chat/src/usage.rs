@@ -90,16 +90,7 @@ impl UsageRecorder {
         let update = self
             .update(tenant, model, usage, cost_micro_usd)
             .map_err(|error| error.to_string())?;
-        self.dynamodb
-            .update_item()
-            .table_name(update.table_name())
-            .set_key(Some(update.key().clone()))
-            .update_expression(update.update_expression())
-            .set_expression_attribute_values(update.expression_attribute_values().cloned())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(sophia_shared::dynamo::error_text)
+        sophia_shared::dynamo::apply(&self.dynamodb, update).await
     }
 
     /// The usage increment as an update, for [`Self::record`] and for transactions
