@@ -15,6 +15,13 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 
 use crate::config::{ConfigError, Env};
 
+/// Any AWS SDK error as one line with its whole cause chain, for logs and
+/// internal errors (never for clients). Every SDK's `SdkError` and
+/// `DisplayErrorContext` are the same smithy types, so one helper serves all.
+pub fn error_text(error: impl std::error::Error) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(error).to_string()
+}
+
 /// Timeouts and retries for every AWS call of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwsSettings {

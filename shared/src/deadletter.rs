@@ -14,18 +14,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use serde::Serialize;
 
+use crate::aws::error_text;
+
 /// How long a peeked message is hidden at most (it is made visible again at once).
 const PEEK_VISIBILITY_SECS: i32 = 10;
 /// How long a message being moved is hidden; a failed move makes it visible after this.
 const MOVE_VISIBILITY_SECS: i32 = 30;
-
-fn sqs_text<E, R>(error: aws_sdk_sqs::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    aws_sdk_sqs::error::DisplayErrorContext(error).to_string()
-}
 
 /// A message seen in the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,7 +72,7 @@ impl DeadLetterQueue {
             .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
             .send()
             .await
-            .map_err(sqs_text)?;
+            .map_err(error_text)?;
         Ok(attributes
             .attributes()
             .and_then(|a| {
@@ -105,7 +99,7 @@ impl DeadLetterQueue {
                     .message_system_attribute_names(MessageSystemAttributeName::All)
                     .send()
                     .await
-                    .map_err(sqs_text)?;
+                    .map_err(error_text)?;
                 let messages = batch.messages();
                 if messages.is_empty() {
                     break;
@@ -170,7 +164,7 @@ impl DeadLetterQueue {
                 .send()
                 .await
             {
-                tracing::warn!(error = %sqs_text(error), "making peeked messages visible failed; they reappear within seconds");
+                tracing::warn!(error = %error_text(error), "making peeked messages visible failed; they reappear within seconds");
             }
         }
     }
@@ -201,7 +195,7 @@ impl DeadLetterQueue {
             .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(sqs_text)?;
+            .map_err(error_text)?;
         attributes
             .attributes()
             .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
@@ -219,7 +213,7 @@ impl DeadLetterQueue {
             .destination_arn(destination)
             .send()
             .await
-            .map_err(sqs_text)?;
+            .map_err(error_text)?;
         Ok(task.task_handle().unwrap_or_default().to_owned())
     }
 
@@ -247,7 +241,7 @@ impl DeadLetterQueue {
                 .message_attribute_names("All")
                 .send()
                 .await
-                .map_err(sqs_text)?;
+                .map_err(error_text)?;
             if batch.messages().is_empty() {
                 break;
             }
@@ -261,7 +255,7 @@ impl DeadLetterQueue {
                     .send()
                     .await;
                 if let Err(error) = sent {
-                    tracing::warn!(error = %sqs_text(error), message_id = message.message_id(), "re-sending failed; the message stays dead-lettered");
+                    tracing::warn!(error = %error_text(error), message_id = message.message_id(), "re-sending failed; the message stays dead-lettered");
                     report.failed += 1;
                     continue;
                 }
@@ -275,7 +269,7 @@ impl DeadLetterQueue {
                 if let Err(error) = deleted {
                     // The copy is in the source queue; this one reappears and may be
                     // moved again, which the idempotent worker tolerates.
-                    tracing::warn!(error = %sqs_text(error), message_id = message.message_id(), "deleting a moved message failed");
+                    tracing::warn!(error = %error_text(error), message_id = message.message_id(), "deleting a moved message failed");
                 }
                 report.moved += 1;
             }

@@ -9,7 +9,7 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    aws_sdk_dynamodb::error::DisplayErrorContext(error).to_string()
+    crate::aws::error_text(error)
 }
 
 /// A string attribute.

@@ -145,6 +145,21 @@ impl HttpPolicy {
         self
     }
 
+    /// The policy of a function whose routes are protected: [`Self::from_env`],
+    /// verified by `auth`, with the rate limits from the environment
+    /// ([`crate::ratelimit::RateLimits::from_env`]).
+    pub fn protected_from_env(
+        service: &'static str,
+        env: &Env<'_>,
+        auth: std::sync::Arc<crate::auth::Authenticator>,
+        dynamodb: aws_sdk_dynamodb::Client,
+    ) -> Result<Self, ConfigError> {
+        let limits = crate::ratelimit::RateLimits::from_env(env, dynamodb)?;
+        Ok(Self::from_env(service, env)?
+            .with_auth(auth)
+            .with_rate_limits(std::sync::Arc::new(limits)))
+    }
+
     fn origin_allowed(&self, origin: &str) -> bool {
         self.cors_allowed_origins
             .iter()

@@ -442,7 +442,7 @@ impl JobStore {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+            .map_err(crate::aws::error_text)?;
         let cleared = self
             .dynamodb
             .update_item()
@@ -459,6 +459,19 @@ impl JobStore {
             tracing::warn!(job_id = id, error = %error_text(error), "clearing the outbox marker failed");
         }
         Ok(())
+    }
+
+    /// Keeps a received job message hidden for `secs` more seconds (a long run's heartbeat).
+    pub async fn extend_visibility(&self, receipt: &str, secs: i32) -> Result<(), String> {
+        self.sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(crate::aws::error_text)
     }
 
     /// Jobs whose message may not have been sent, marked before `before_ms`.
@@ -619,18 +632,14 @@ impl JobStore {
         for (name, value) in values {
             request = request.expression_attribute_values(*name, value.clone());
         }
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(JobError::Storage(error_text(error))),
-        }
+        conditional(request).await
     }
 
     /// Marks a job whose message was dead-lettered as FAILED, unless it finished
     /// or a live run holds it. True if this call changed it.
     pub async fn dead_letter(&self, id: &str, reason: &str) -> Result<bool, JobError> {
         let now = now_ms();
-        let result = self
+        let request = self
             .dynamodb
             .update_item()
             .table_name(&self.table)
@@ -649,14 +658,8 @@ impl JobStore {
             .expression_attribute_values(":code", s(FailureKind::DeadLettered.as_str()))
             .expression_attribute_values(":message", s(&truncate(reason, 1000)))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":now_s", n(now / 1000))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
-            Err(error) => Err(JobError::Storage(error_text(error))),
-        }
+            .expression_attribute_values(":now_s", n(now / 1000));
+        conditional(request).await
     }
 
     /// DONE with its result, together with the billing updates, in one transaction:
@@ -734,6 +737,17 @@ impl JobStore {
             )))
             .await;
         }
+    }
+}
+
+/// Sends a conditional update: true if it applied, false if its condition did not hold.
+async fn conditional(
+    request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+) -> Result<bool, JobError> {
+    match request.send().await {
+        Ok(_) => Ok(true),
+        Err(error) if is_condition_failure(&error) => Ok(false),
+        Err(error) => Err(JobError::Storage(error_text(error))),
     }
 }
 

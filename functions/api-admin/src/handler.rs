@@ -31,7 +31,6 @@ use sophia_shared::deadletter::DeadLetterQueue;
 use sophia_shared::flags::{FlagValue, Flags, valid_name};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::quota::{Quota, Quotas};
-use sophia_shared::ratelimit::RateLimits;
 
 pub const SERVICE: &str = "api-admin";
 
@@ -145,9 +144,7 @@ impl Deps {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let auth_table = env.required("AUTH_TABLE")?;
         Ok(Self {
-            http: HttpPolicy::from_env(SERVICE, env)?
-                .with_auth(auth)
-                .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
+            http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb.clone())?,
             store: AuthStore::new(dynamodb.clone(), auth_table.clone()),
             quotas: Quotas::from_env(env, dynamodb.clone())?,
             flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),

@@ -30,7 +30,6 @@ use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::jobs::JobStore;
 use sophia_shared::observability::MetricSet;
 use sophia_shared::quota::Quotas;
-use sophia_shared::ratelimit::RateLimits;
 
 use crate::jobs;
 use crate::request::{ChatRequest, Limits};
@@ -104,9 +103,7 @@ impl Deps {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let fleet = FleetClient::from_env(env, sdk)?;
         Ok(Self {
-            http: HttpPolicy::from_env(service, env)?
-                .with_auth(auth)
-                .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
+            http: HttpPolicy::protected_from_env(service, env, auth, dynamodb.clone())?,
             limits,
             fleet: Arc::new(fleet),
             jobs: JobStore::from_env(env, sdk)?,
@@ -152,7 +149,7 @@ async fn complete(
     let as_job = |quotas| {
         jobs::submit(
             &deps.jobs,
-            &deps.limits,
+            &body,
             principal,
             chat,
             &api.headers,

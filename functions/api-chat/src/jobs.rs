@@ -12,7 +12,7 @@ use sophia_shared::jobs::{JobStore, NewJob, idempotency_key, job_id};
 use sophia_shared::observability::MetricSet;
 use sophia_shared::quota::Quotas;
 
-use crate::request::{ChatRequest, Limits};
+use crate::request::ChatRequest;
 
 /// `Prefer: respond-async` (RFC 7240): always answer with a job.
 pub const RESPOND_ASYNC: &str = "respond-async";
@@ -31,12 +31,13 @@ pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(preference))
 }
 
-/// Stores the validated request as a job and sends it to the worker. With
+/// Stores the validated request (`upstream`: the body the fleet will get) as a
+/// job and sends it to the worker. With
 /// `quotas`, a new job counts one request against the tenant's daily quota; a
 /// replayed `Idempotency-Key` (or a refused one) does not.
 pub async fn submit(
     store: &JobStore,
-    limits: &Limits,
+    upstream: &serde_json::Value,
     principal: &Principal,
     chat: &ChatRequest,
     headers: &HeaderMap,
@@ -54,7 +55,7 @@ pub async fn submit(
         ));
     }
     let key = idempotency_key(headers)?;
-    let request = chat.upstream_body(limits)?.to_string();
+    let request = upstream.to_string();
     if let Some(quotas) = quotas {
         let seen = match &key {
             Some(key) => store

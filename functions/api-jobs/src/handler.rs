@@ -18,7 +18,6 @@ use sophia_shared::config::{Env, InitError};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
 use sophia_shared::jobs::{JobStore, valid_job_id};
 use sophia_shared::quota::Quotas;
-use sophia_shared::ratelimit::RateLimits;
 
 pub const SERVICE: &str = "api-jobs";
 
@@ -55,9 +54,7 @@ impl Deps {
     ) -> Result<Self, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
-            http: HttpPolicy::from_env(SERVICE, env)?
-                .with_auth(auth)
-                .with_rate_limits(Arc::new(RateLimits::from_env(env, dynamodb.clone())?)),
+            http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb.clone())?,
             limits: Limits::from_env(env)?,
             quotas: Quotas::from_env(env, dynamodb)?,
             jobs: JobStore::from_env(env, sdk)?,
@@ -75,15 +72,9 @@ async fn route(deps: &Deps, api: ApiRequest<JobsRoute>) -> Result<Response<Body>
         JobsRoute::Submit => {
             let chat: ChatRequest = api.json()?;
             chat.validate(&deps.limits)?;
-            if chat.stream {
-                // Refused before anything is read or counted (submit refuses it too).
-                return Err(ApiError::invalid(
-                    "a job's answer is read from GET /v1/jobs/{id}, not streamed; leave stream unset",
-                ));
-            }
             submit(
                 &deps.jobs,
-                &deps.limits,
+                &chat.upstream_body(&deps.limits)?,
                 principal,
                 &chat,
                 &api.headers,

@@ -24,6 +24,7 @@ use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sophia_shared::alerts::Alerter;
 use sophia_shared::auth::tokens::now_secs;
+use sophia_shared::aws::error_text;
 use sophia_shared::config::{ConfigError, Env, InitError};
 use sophia_shared::dynamo::{n, s};
 use sophia_shared::fleet::credentials::SecretToken;
@@ -504,7 +505,7 @@ async fn store(deps: &Deps, report: &DriftReport) -> Result<(), String> {
             .item("expires_at", n(now + REPORT_RETENTION_SECS))
             .send()
             .await
-            .map_err(sophia_shared::dynamo::error_text)?;
+            .map_err(error_text)?;
     }
     Ok(())
 }
@@ -547,7 +548,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
         Kind::Table => {
             let described = found!(
                 deps.dynamodb.describe_table().table_name(name).send().await,
-                dynamo_text
+                error_text
             );
             let Some(table) = described.table() else {
                 return Ok(None);
@@ -596,7 +597,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
                     .table_name(name)
                     .send()
                     .await,
-                dynamo_text
+                error_text
             );
             let ttl = ttl.time_to_live_description();
             let enabled = ttl
@@ -618,7 +619,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
                     .table_name(name)
                     .send()
                     .await,
-                dynamo_text
+                error_text
             );
             let pitr = backups
                 .continuous_backups_description()
@@ -630,7 +631,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
         Kind::Queue => {
             let url = found!(
                 deps.sqs.get_queue_url().queue_name(name).send().await,
-                sqs_text
+                error_text
             );
             let url = url.queue_url().unwrap_or_default().to_owned();
             let attributes = found!(
@@ -640,7 +641,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
                     .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
                     .send()
                     .await,
-                sqs_text
+                error_text
             );
             let get = |name: &str| {
                 attributes
@@ -682,7 +683,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
                     .function_name(name)
                     .send()
                     .await,
-                lambda_text
+                error_text
             );
             p.insert(
                 "memory".into(),
@@ -721,7 +722,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
                     .function_name(name)
                     .send()
                     .await,
-                lambda_text
+                error_text
             );
             p.insert(
                 "reserved_concurrency".into(),
@@ -734,7 +735,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
         Kind::Schedule => {
             let schedule = found!(
                 deps.scheduler.get_schedule().name(name).send().await,
-                scheduler_text
+                error_text
             );
             p.insert(
                 "expression".into(),
@@ -775,7 +776,7 @@ async fn read(deps: &Deps, desired: &Desired) -> Result<Option<BTreeMap<String, 
         Kind::Secret => {
             let secret = found!(
                 deps.secrets.describe_secret().secret_id(name).send().await,
-                secrets_text
+                error_text
             );
             if secret.deleted_date().is_some() {
                 return Ok(None);
@@ -814,7 +815,7 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
                     .set_exclusive_start_table_name(start.take())
                     .send()
                     .await
-                    .map_err(dynamo_text)?;
+                    .map_err(error_text)?;
                 names.extend(
                     page.table_names()
                         .iter()
@@ -835,7 +836,7 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
                 .max_results(1000)
                 .send()
                 .await
-                .map_err(sqs_text)?;
+                .map_err(error_text)?;
             names.extend(page.queue_urls().iter().map(|url| last_segment(url)));
         }
         Kind::Schedule => {
@@ -845,7 +846,7 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
                 .name_prefix(&prefix)
                 .send()
                 .await
-                .map_err(scheduler_text)?;
+                .map_err(error_text)?;
             names.extend(
                 page.schedules()
                     .iter()
@@ -864,7 +865,7 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
                 .max_results(100)
                 .send()
                 .await
-                .map_err(secrets_text)?;
+                .map_err(error_text)?;
             names.extend(
                 page.secret_list()
                     .iter()
@@ -882,7 +883,7 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
                     .set_marker(marker.take())
                     .send()
                     .await
-                    .map_err(lambda_text)?;
+                    .map_err(error_text)?;
                 names.extend(
                     page.functions()
                         .iter()
@@ -898,32 +899,6 @@ async fn list(deps: &Deps, kind: Kind) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
-}
-
-fn dynamo_text<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> String {
-    sophia_shared::dynamo::error_text(e)
-}
-fn sqs_text<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: aws_sdk_sqs::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
-}
-fn scheduler_text<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: aws_sdk_scheduler::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_scheduler::error::DisplayErrorContext(e).to_string()
-}
-fn secrets_text<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: aws_sdk_secretsmanager::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()
-}
-fn lambda_text<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: aws_sdk_lambda::error::SdkError<E, R>,
-) -> String {
-    aws_sdk_lambda::error::DisplayErrorContext(e).to_string()
 }
 
 #[cfg(test)]

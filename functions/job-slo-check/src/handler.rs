@@ -299,7 +299,8 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SloReport, 
             budget_remaining: 1.0 - burn_rate(period_counts, budget),
             period_counts,
         };
-        for (row, firing) in &rows {
+        // `rows` follows `ROWS`, so each verdict sits beside its row's windows.
+        for (table_row, (row, firing)) in ROWS.iter().zip(&rows) {
             let summary = format!(
                 "SLO {} ({} {} of {} {}): {} burn {:.1}× over {}",
                 slo.name,
@@ -313,12 +314,7 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SloReport, 
                 row,
                 status
                     .burn_rates
-                    .get(
-                        &ROWS
-                            .iter()
-                            .find(|r| r.name == *row)
-                            .map_or(0, |r| r.long.as_secs())
-                    )
+                    .get(&table_row.long.as_secs())
                     .copied()
                     .unwrap_or(0.0),
                 if *firing {
@@ -402,7 +398,7 @@ async fn sums(deps: &Deps, slo: &Slo, window: Duration, now: SystemTime) -> Resu
         .end_time(aws_smithy_types::DateTime::from(now))
         .send()
         .await
-        .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())?;
+        .map_err(sophia_shared::aws::error_text)?;
     let mut counts = Counts::default();
     for result in output.metric_data_results() {
         let sum: f64 = result.values().iter().sum();

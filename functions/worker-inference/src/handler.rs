@@ -80,7 +80,6 @@ impl WorkerSettings {
 pub struct Deps {
     pub fleet: Arc<FleetClient>,
     pub jobs: JobStore,
-    pub sqs: aws_sdk_sqs::Client,
     pub prices: PriceTable,
     pub usage: UsageRecorder,
     pub quotas: Quotas,
@@ -96,7 +95,6 @@ impl Deps {
         Ok(Self {
             fleet: Arc::new(FleetClient::from_env(env, sdk)?),
             jobs: JobStore::from_env(env, sdk)?,
-            sqs: aws_sdk_sqs::Client::new(sdk),
             prices: PriceTable::parse(&env.required("PRICE_TABLE")?, &models)?,
             usage: UsageRecorder::new(dynamodb.clone(), env.required("USAGE_TABLE")?),
             quotas: Quotas::from_env(env, dynamodb)?,
@@ -291,19 +289,12 @@ async fn keep_visible(deps: &Deps, receipt: &str) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(deps.settings.heartbeat).await;
         let extended = deps
-            .sqs
-            .change_message_visibility()
-            .queue_url(deps.jobs.queue_url())
-            .receipt_handle(receipt)
-            .visibility_timeout(deps.settings.visibility_extension_secs)
-            .send()
+            .jobs
+            .extend_visibility(receipt, deps.settings.visibility_extension_secs)
             .await;
         match extended {
-            Ok(_) => tracing::debug!("message visibility extended"),
-            Err(error) => tracing::warn!(
-                error = %aws_sdk_sqs::error::DisplayErrorContext(error),
-                "extending the message visibility failed"
-            ),
+            Ok(()) => tracing::debug!("message visibility extended"),
+            Err(error) => tracing::warn!(%error, "extending the message visibility failed"),
         }
     }
 }

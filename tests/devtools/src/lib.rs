@@ -71,7 +71,7 @@ pub async fn put_emf(
                 .set_metric_data(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())?;
+                .map_err(sophia_shared::aws::error_text)?;
             put += chunk.len();
         }
     }

@@ -213,16 +213,7 @@ pub fn json_request(
         .expect("request");
     match deadline_in {
         None => request,
-        Some(left) => {
-            let mut context = lambda_runtime::Context::default();
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_millis() as u64;
-            context.deadline = now_ms + left.as_millis() as u64;
-            context.request_id = uuid::Uuid::new_v4().to_string();
-            request.with_lambda_context(context)
-        }
+        Some(left) => request.with_lambda_context(lambda_context(left)),
     }
 }
 
@@ -438,4 +429,18 @@ pub async fn ship_emf(cloudwatch: &aws_sdk_cloudwatch::Client, documents: &[Valu
     devtools::put_emf(cloudwatch, documents)
         .await
         .expect("PutMetricData");
+}
+
+/// [`webhook`] set as the stack's alert webhook (`ALERT_WEBHOOK_SECRET`): every
+/// alert the stack's jobs send lands in the returned list.
+pub async fn alert_webhook(stack: &Provisioned) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let (url, received) = webhook().await;
+    aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await)
+        .put_secret_value()
+        .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))
+        .secret_string(&url)
+        .send()
+        .await
+        .expect("setting the alert webhook");
+    received
 }

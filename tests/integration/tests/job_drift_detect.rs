@@ -28,15 +28,7 @@ async fn out_of_band_changes_are_reported_exactly_alerted_once_and_resolved_once
     let stack_name = unique_stack("drift");
     let stack = local_aws().provision(&stack_name, &[]);
     let sdk = local_aws().sdk_config().await;
-    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-    let (url, received) = harness::webhook().await;
-    secrets
-        .put_secret_value()
-        .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))
-        .secret_string(&url)
-        .send()
-        .await
-        .unwrap();
+    let received = harness::alert_webhook(&stack).await;
     let deps = Deps::from_env(&Env::new(&stack.env), &sdk).unwrap();
     let run = |id: &str| handle(&deps, json!({ "run": id }));
 

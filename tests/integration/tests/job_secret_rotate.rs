@@ -217,14 +217,7 @@ async fn overdue_secrets_alert_once_and_resolve_once() {
     use job_secret_rotate::handler::{Invocation, MAX_AGE_TAG, handle_invocation};
     let stack = local_aws().provision(&unique_stack("rotate-ages"), &[]);
     let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
-    let (url, received) = harness::webhook().await;
-    secrets
-        .put_secret_value()
-        .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))
-        .secret_string(&url)
-        .send()
-        .await
-        .unwrap();
+    let received = harness::alert_webhook(&stack).await;
     let env = stack.env_with(&[("FLEET_ENDPOINTS", "primary=http://127.0.0.1:9")]);
     let deps = Deps::from_env(
         &Env::new(&env),

@@ -23,14 +23,7 @@ fn capture_emf() {
 
 async fn stack_with_webhook(prefix: &str) -> (Provisioned, Arc<Mutex<Vec<String>>>) {
     let stack = local_aws().provision(&unique_stack(prefix), &[]);
-    let (url, received) = harness::webhook().await;
-    aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await)
-        .put_secret_value()
-        .secret_id(stack.env("ALERT_WEBHOOK_SECRET"))
-        .secret_string(&url)
-        .send()
-        .await
-        .unwrap();
+    let received = harness::alert_webhook(&stack).await;
     (stack, received)
 }
 
