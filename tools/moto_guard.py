@@ -5,6 +5,14 @@ Prints one line, `{"endpoint": "http://127.0.0.1:PORT"}`, once the server accept
 requests. With --until-stdin-closes it exits when its standard input reaches EOF:
 the test harness keeps the pipe open for its lifetime, so the server dies with the
 tests however they end (even on SIGKILL), and never outlives them.
+
+DynamoDB requests are applied one at a time. moto's threaded server checks a
+condition and then writes without a lock, so two concurrent conditional writes
+(or transactions) to one item can both succeed: a job claimed twice, a bill added
+twice. DynamoDB serializes writes to an item and makes transactions serializable;
+one lock around moto's DynamoDB handler gives the local AWS that guarantee (it
+costs little: moto's Python is serialized by the GIL anyway). Other services
+keep their threads, so an SQS long poll never blocks a DynamoDB call.
 """
 
 import argparse
@@ -13,7 +21,19 @@ import signal
 import sys
 import threading
 
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import ThreadedMotoServer
+
+_DYNAMODB_LOCK = threading.Lock()
+_call_dynamodb = DynamoHandler.call_action
+
+
+def _serialized_call_action(self):  # type: ignore[no-untyped-def]
+    with _DYNAMODB_LOCK:
+        return _call_dynamodb(self)
+
+
+DynamoHandler.call_action = _serialized_call_action  # type: ignore[method-assign]
 
 
 def main() -> int:

@@ -91,6 +91,9 @@ pub struct HttpPolicy {
     pub limits: Option<std::sync::Arc<crate::ratelimit::RateLimits>>,
     /// Answers slower than this count as `SlowRequests` (the latency SLI).
     pub slow_request_ms: f64,
+    /// Consulted for routes that [`Route::sheds_when_busy`], after authentication
+    /// and before the rate limits: a request that would be shed pays no round trip.
+    pub bulkhead: Option<std::sync::Arc<crate::bulkhead::Bulkhead>>,
 }
 
 impl HttpPolicy {
@@ -127,7 +130,15 @@ impl HttpPolicy {
             auth: None,
             limits: None,
             slow_request_ms: f64::from(slow_request_ms),
+            bulkhead: None,
         })
+    }
+
+    /// The same policy, shedding routes marked [`Route::sheds_when_busy`] when
+    /// `bulkhead` is full.
+    pub fn with_bulkhead(mut self, bulkhead: std::sync::Arc<crate::bulkhead::Bulkhead>) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
     }
 
     /// The same policy, enforcing `limits` on every routed request.
@@ -177,6 +188,8 @@ pub struct Route<R> {
     pub template: &'static str,
     pub id: R,
     pub scope: Option<&'static str>,
+    /// Takes a slot of the policy's bulkhead before anything else that costs.
+    pub sheds_when_busy: bool,
 }
 
 impl<R> Route<R> {
@@ -186,7 +199,16 @@ impl<R> Route<R> {
             template,
             id,
             scope: None,
+            sheds_when_busy: false,
         }
+    }
+
+    /// The same route, answered 503 at once (no rate-limit write, no quota
+    /// reservation) when the policy's bulkhead is full; the handler gets the slot
+    /// as [`ApiRequest::permit`].
+    pub const fn sheds_when_busy(mut self) -> Self {
+        self.sheds_when_busy = true;
+        self
     }
 
     pub const fn protected(
@@ -200,6 +222,7 @@ impl<R> Route<R> {
             template,
             id,
             scope: Some(scope),
+            sheds_when_busy: false,
         }
     }
 }
@@ -218,6 +241,8 @@ pub struct ApiRequest<R> {
     pub ctx: RequestContext,
     /// Set on protected routes: the verified caller.
     pub principal: Option<crate::auth::Principal>,
+    /// Set on routes that shed when busy: the bulkhead slot this request holds.
+    pub permit: Option<crate::bulkhead::BulkheadPermit>,
 }
 
 impl<R> ApiRequest<R> {
@@ -345,25 +370,20 @@ fn request_path(request: &Request) -> String {
     }
 }
 
-enum RouteMatch<R> {
-    Found(
-        R,
-        &'static str,
-        Option<&'static str>,
-        Vec<(&'static str, String)>,
-    ),
+enum RouteMatch<'r, R> {
+    Found(&'r Route<R>, Vec<(&'static str, String)>),
     WrongMethod(String),
     Missing,
 }
 
-fn match_route<R: Copy>(routes: &[Route<R>], method: &Method, path: &str) -> RouteMatch<R> {
+fn match_route<'r, R>(routes: &'r [Route<R>], method: &Method, path: &str) -> RouteMatch<'r, R> {
     let mut allowed: Vec<&str> = Vec::new();
     for route in routes {
         let Some(params) = match_template(route.template, path) else {
             continue;
         };
         if route.method == *method {
-            return RouteMatch::Found(route.id, route.template, route.scope, params);
+            return RouteMatch::Found(route, params);
         }
         allowed.push(route.method.as_str());
     }
@@ -508,8 +528,8 @@ where
             None,
         );
     }
-    let (route, template, scope, params) = match match_route(routes, &method, &path) {
-        RouteMatch::Found(route, template, scope, params) => (route, template, scope, params),
+    let (found, params) = match match_route(routes, &method, &path) {
+        RouteMatch::Found(found, params) => (found, params),
         RouteMatch::WrongMethod(allowed) => {
             let error = ApiError::MethodNotAllowed {
                 method: method.to_string(),
@@ -525,6 +545,7 @@ where
             return ("unmatched", Err(error), None);
         }
     };
+    let (route, template, scope) = (found.id, found.template, found.scope);
     let principal = match (scope, &policy.auth) {
         (None, _) => None,
         (Some(scope), Some(auth)) => match auth.authenticate(request.headers(), scope).await {
@@ -553,6 +574,18 @@ where
     if let Some(principal) = &principal {
         tracing::Span::current().record("tenant", principal.tenant.as_str());
     }
+    // Before the rate limits and anything the handler reserves: a shed request
+    // costs no round trip and holds nothing back (issue 10).
+    let permit = match (&policy.bulkhead, found.sheds_when_busy) {
+        (Some(bulkhead), true) => match bulkhead.try_enter() {
+            Some(permit) => Some(permit),
+            None => {
+                tracing::warn!(limit = bulkhead.limit(), "bulkhead full: shedding");
+                return (template, Err(bulkhead.refusal()), None);
+            }
+        },
+        _ => None,
+    };
     let limit = match &policy.limits {
         None => None,
         Some(limits) => {
@@ -586,6 +619,7 @@ where
         params,
         ctx,
         principal,
+        permit,
     };
     (template, handler(api_request).await, limit)
 }
@@ -734,6 +768,7 @@ mod tests {
             auth: None,
             limits: None,
             slow_request_ms: 200.0,
+            bulkhead: None,
         }
     }
 
@@ -946,6 +981,63 @@ mod tests {
                 .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         );
         problem(&refused);
+    }
+
+    #[tokio::test]
+    async fn a_full_bulkhead_sheds_before_the_handler_runs() {
+        let bulkhead = std::sync::Arc::new(crate::bulkhead::Bulkhead::new("the test fleet", 1));
+        let policy = policy().with_bulkhead(bulkhead.clone());
+        let routes = [
+            Route::public(Method::GET, "/v1/things", Id::List).sheds_when_busy(),
+            Route::public(Method::GET, "/v1/things/{id}", Id::Get),
+        ];
+        let held = bulkhead.try_enter().unwrap();
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let ran_ref = &ran;
+        let handler = |api: ApiRequest<Id>| async move {
+            ran_ref.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(api.permit.is_some(), api.route == Id::List);
+            json_response(StatusCode::OK, &serde_json::json!({}))
+        };
+        let shed = serve(
+            &policy,
+            &routes,
+            request("GET", "/v1/things", &[], ""),
+            handler,
+        )
+        .await;
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        assert!(
+            problem(&shed)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the test fleet")
+        );
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        // Routes that do not shed are served; once a slot is free, so is this one.
+        let other = serve(
+            &policy,
+            &routes,
+            request("GET", "/v1/things/1", &[], ""),
+            handler,
+        )
+        .await;
+        assert_eq!(other.status(), 200);
+        drop(held);
+        let admitted = serve(
+            &policy,
+            &routes,
+            request("GET", "/v1/things", &[], ""),
+            handler,
+        )
+        .await;
+        assert_eq!(admitted.status(), 200);
+        assert_eq!(
+            bulkhead.in_flight(),
+            0,
+            "the slot is freed with the request"
+        );
     }
 
     #[test]

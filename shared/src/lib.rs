@@ -4,6 +4,7 @@
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`batch`]: SQS partial batch failures for queue consumers;
+//! - [`bulkhead`]: bounded concurrency that sheds at once;
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
 //! - [`deadletter`]: dead-letter queues: peek without losing, redrive;
 //! - [`dynamo`]: small DynamoDB helpers (attribute values, error text);
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod batch;
+pub mod bulkhead;
 pub mod config;
 pub mod deadletter;
 pub mod dynamo;

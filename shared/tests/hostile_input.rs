@@ -57,6 +57,7 @@ fn http_policy() -> HttpPolicy {
         auth: None,
         limits: None,
         slow_request_ms: 200.0,
+        bulkhead: None,
     }
 }
 

@@ -24,6 +24,7 @@ use lambda_http::{Body, Request, Response};
 use sophia_shared::ApiError;
 use sophia_shared::auth::{Authenticator, Principal, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
+use sophia_shared::bulkhead::BulkheadPermit;
 use sophia_shared::config::{ConfigError, Env, InitError};
 use sophia_shared::fleet::{FleetClient, FleetStream, StreamBreak};
 use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
@@ -49,7 +50,8 @@ pub const ROUTES: [Route<ChatRoute>; 1] = [Route::protected(
     "/v1/chat/completions",
     ChatRoute::Completions,
     SCOPE_CHAT,
-)];
+)
+.sheds_when_busy()];
 
 /// Everything the handler needs, built once per cold start.
 pub struct Deps {
@@ -103,7 +105,8 @@ impl Deps {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let fleet = FleetClient::from_env(env, sdk)?;
         Ok(Self {
-            http: HttpPolicy::protected_from_env(service, env, auth, dynamodb.clone())?,
+            http: HttpPolicy::protected_from_env(service, env, auth, dynamodb.clone())?
+                .with_bulkhead(fleet.bulkhead()),
             limits,
             fleet: Arc::new(fleet),
             jobs: JobStore::from_env(env, sdk)?,
@@ -119,14 +122,15 @@ impl Deps {
 
 /// The buffered entry point (API Gateway).
 pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
-    serve(&deps.http, &ROUTES, request, |api| async move {
+    serve(&deps.http, &ROUTES, request, |mut api| async move {
+        let permit = api.permit.take();
         let (principal, chat) = accept(deps, &api)?;
         if chat.stream {
             return Err(ApiError::invalid(
                 "stream: true is served by the streaming endpoint (the api-chat-stream function URL); this endpoint answers in one piece",
             ));
         }
-        complete(deps, &principal, &chat, &api).await
+        complete(deps, &principal, &chat, &api, permit).await
     })
     .await
 }
@@ -139,11 +143,20 @@ fn accept(deps: &Deps, api: &ApiRequest<ChatRoute>) -> Result<(Principal, ChatRe
     Ok((principal, chat))
 }
 
+/// The request's bulkhead slot: the one the pipeline took, else a new one.
+fn fleet_slot(deps: &Deps, permit: Option<BulkheadPermit>) -> Result<BulkheadPermit, ApiError> {
+    match permit {
+        Some(permit) => Ok(permit),
+        None => deps.fleet.admit().map_err(|error| error.to_api_error()),
+    }
+}
+
 async fn complete(
     deps: &Deps,
     principal: &Principal,
     chat: &ChatRequest,
     api: &ApiRequest<ChatRoute>,
+    permit: Option<BulkheadPermit>,
 ) -> Result<Response<Body>, ApiError> {
     let body = chat.upstream_body(&deps.limits)?;
     let as_job = |quotas| {
@@ -158,11 +171,14 @@ async fn complete(
         )
     };
     if jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
+        // A job does not call the fleet now: its slot is not needed.
+        drop(permit);
         let job = as_job(Some(deps.billing.quotas.as_ref())).await?;
         return applied(job, jobs::RESPOND_ASYNC);
     }
+    let permit = fleet_slot(deps, permit)?;
     deps.billing.quotas.reserve(&principal.tenant).await?;
-    let reply = match deps.fleet.chat(&body, &api.ctx).await {
+    let reply = match deps.fleet.chat(permit, &body, &api.ctx).await {
         Ok(reply) => reply,
         Err(error) => {
             tracing::warn!(%error, "chat completion failed");
@@ -233,17 +249,19 @@ pub type StreamingBody = StreamBody<SseStream>;
 pub async fn handle_streaming(deps: &Deps, request: Request) -> Response<StreamingBody> {
     let stash: Mutex<Option<SseStream>> = Mutex::new(None);
     let stash_ref = &stash;
-    let response = serve(&deps.http, &ROUTES, request, |api| async move {
+    let response = serve(&deps.http, &ROUTES, request, |mut api| async move {
+        let permit = api.permit.take();
         let (principal, chat) = accept(deps, &api)?;
         if !chat.stream || jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
             // A job is never streamed; `complete` refuses that combination with a 400.
-            return complete(deps, &principal, &chat, &api).await;
+            return complete(deps, &principal, &chat, &api, permit).await;
         }
         let body = chat.upstream_body(&deps.limits)?;
+        let permit = fleet_slot(deps, permit)?;
         deps.billing.quotas.reserve(&principal.tenant).await?;
         let upstream = deps
             .fleet
-            .chat_stream(&body, &api.ctx)
+            .chat_stream(permit, &body, &api.ctx)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "chat stream could not start");

@@ -277,7 +277,8 @@ async fn call_fleet(
             Duration::from_secs(900),
         ),
     };
-    deps.fleet.chat(&body, &ctx).await.map_err(|error| {
+    let permit = deps.fleet.admit().map_err(|error| error.to_api_error())?;
+    deps.fleet.chat(permit, &body, &ctx).await.map_err(|error| {
         tracing::warn!(%error, "the fleet did not answer the job");
         error.to_api_error()
     })

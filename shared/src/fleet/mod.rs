@@ -2,7 +2,9 @@
 //!
 //! One call reads, from the outside in (as tower layers would):
 //!
-//! 1. overall bulkhead: beyond `total_concurrency` calls in flight, shed at once;
+//! 1. overall bulkhead: beyond `total_concurrency` calls in flight, shed at once
+//!    (callers take the slot first, [`FleetClient::admit`]; the HTTP pipeline does
+//!    it before any DynamoDB round trip, and a stream holds it until it ends);
 //! 2. overall deadline: the invocation's deadline minus a margin; nothing outlives it;
 //! 3. ordered failover over the endpoints (fleet in priority order, then the
 //!    fallback provider), in passes, until `max_attempts` attempts were made;
@@ -37,8 +39,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::StatusCode;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::bulkhead::{Bulkhead, BulkheadPermit};
 
 use crate::config::{ConfigError, Endpoint, Env, parse_endpoints};
 use crate::error::ApiError;
@@ -51,6 +55,8 @@ use health::SharedHealth;
 const METRICS_NAMESPACE: &str = "Sophia";
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const MAX_ERROR_MESSAGE: usize = 300;
+/// What a shed caller is told is unavailable.
+const OVERLOADED: &str = "the inference fleet (overloaded)";
 
 /// Tuning of the client; every value can be set from the environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,7 +332,7 @@ impl FleetError {
     pub fn to_api_error(&self) -> ApiError {
         match self {
             Self::Overloaded => ApiError::DependencyUnavailable {
-                dependency: "the inference fleet (overloaded)",
+                dependency: OVERLOADED,
                 retry_after_secs: 1,
             },
             Self::Rejected {
@@ -379,6 +385,17 @@ pub struct FleetReply {
     pub attempts: u32,
 }
 
+/// What the attempt loop returns on success: the answer, who gave it, and the
+/// slots it holds (a stream keeps them until it ends).
+struct Won<T> {
+    value: T,
+    endpoint: String,
+    kind: UpstreamKind,
+    attempts: u32,
+    permit: BulkheadPermit,
+    slot: OwnedSemaphorePermit,
+}
+
 /// Snapshot of one endpoint for the dashboard and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSnapshot {
@@ -392,7 +409,7 @@ pub struct FleetClient {
     endpoints: Vec<Arc<EndpointState>>,
     settings: FleetSettings,
     budget: TpsBudget,
-    total: Arc<Semaphore>,
+    total: Arc<Bulkhead>,
     health: Option<Arc<SharedHealth>>,
 }
 
@@ -445,7 +462,7 @@ impl FleetClient {
                 settings.retry_budget_min_per_sec,
                 settings.retry_budget_percent,
             ),
-            total: Arc::new(Semaphore::new(settings.total_concurrency)),
+            total: Arc::new(Bulkhead::new(OVERLOADED, settings.total_concurrency)),
             settings,
             health,
         })
@@ -489,71 +506,98 @@ impl FleetClient {
             .collect()
     }
 
-    /// `POST /v1/chat/completions` without streaming.
-    pub async fn chat(
-        &self,
-        request: &Value,
-        ctx: &RequestContext,
-    ) -> Result<FleetReply, FleetError> {
-        self.unary("/v1/chat/completions", request, ctx).await
+    /// The client's overall bulkhead, which the HTTP pipeline consults before a
+    /// fleet-bound request pays any round trip (see [`crate::bulkhead`]).
+    pub fn bulkhead(&self) -> Arc<Bulkhead> {
+        self.total.clone()
     }
 
-    /// `POST /v1/embeddings`.
-    pub async fn embeddings(
+    /// A slot in the overall bulkhead for one call, or `Overloaded` at once.
+    pub fn admit(&self) -> Result<BulkheadPermit, FleetError> {
+        self.total.try_enter().ok_or_else(|| {
+            tracing::warn!("fleet bulkhead full: shedding");
+            FleetError::Overloaded
+        })
+    }
+
+    /// `POST /v1/chat/completions` without streaming, in the slot `permit`
+    /// ([`Self::admit`]).
+    pub async fn chat(
         &self,
+        permit: BulkheadPermit,
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
-        self.unary("/v1/embeddings", request, ctx).await
+        self.unary(permit, "/v1/chat/completions", request, ctx)
+            .await
+    }
+
+    /// `POST /v1/embeddings`, in the slot `permit`.
+    pub async fn embeddings(
+        &self,
+        permit: BulkheadPermit,
+        request: &Value,
+        ctx: &RequestContext,
+    ) -> Result<FleetReply, FleetError> {
+        self.unary(permit, "/v1/embeddings", request, ctx).await
     }
 
     async fn unary(
         &self,
+        permit: BulkheadPermit,
         path: &str,
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
-        let (body, endpoint, kind, attempts) = self
-            .run(ctx, |state, timeout, token| {
+        let won = self
+            .run(permit, ctx, |state, timeout, token| {
                 self.attempt_unary(state, path, request, timeout, token, ctx)
             })
             .await?;
         Ok(FleetReply {
-            endpoint,
-            kind,
-            body,
-            attempts,
+            endpoint: won.endpoint,
+            kind: won.kind,
+            body: won.value,
+            attempts: won.attempts,
         })
     }
 
     /// `POST /v1/chat/completions` with `stream: true`. Returns once the first chunk
-    /// arrived, so failover stays possible until the caller has sent a byte.
+    /// arrived, so failover stays possible until the caller has sent a byte. The
+    /// stream keeps its slots (overall and endpoint bulkheads) until it ends.
     pub async fn chat_stream(
         &self,
+        permit: BulkheadPermit,
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetStream, FleetError> {
-        let (stream, _, _, _) = self
-            .run(ctx, |state, timeout, token| {
+        let won = self
+            .run(permit, ctx, |state, timeout, token| {
                 self.attempt_stream(state, request, timeout, token, ctx)
             })
             .await?;
+        let mut stream = won.value;
+        stream.slots = Some((won.permit, won.slot));
         Ok(stream)
     }
 
     /// The attempt loop shared by every call (see the module docs).
     async fn run<'a, T, F, Fut>(
         &'a self,
+        permit: BulkheadPermit,
         ctx: &RequestContext,
         attempt: F,
-    ) -> Result<(T, String, UpstreamKind, u32), FleetError>
+    ) -> Result<Won<T>, FleetError>
     where
         F: Fn(&'a Arc<EndpointState>, Duration, Option<String>) -> Fut,
         Fut: Future<Output = Result<T, AttemptError>> + 'a,
     {
-        let Ok(_total) = self.total.clone().try_acquire_owned() else {
-            tracing::warn!("fleet bulkhead full: shedding");
-            return Err(FleetError::Overloaded);
+        // A permit of another bulkhead would let calls past ours uncounted.
+        let permit = if self.total.issued(&permit) {
+            permit
+        } else {
+            tracing::error!("a fleet call came with another bulkhead's permit");
+            self.admit()?
         };
         self.budget.deposit();
         let mut failures: Vec<AttemptFailure> = Vec::new();
@@ -602,7 +646,7 @@ impl FleetClient {
                     note(&mut failures, FailureReason::BreakerOpen);
                     continue;
                 }
-                let Ok(_slot) = state.bulkhead.clone().try_acquire_owned() else {
+                let Ok(slot) = state.bulkhead.clone().try_acquire_owned() else {
                     lock(&state.breaker).release();
                     note(&mut failures, FailureReason::Busy);
                     continue;
@@ -628,7 +672,14 @@ impl FleetClient {
                 let outcome = self.attempt_with_credentials(state, ctx, &attempt).await;
                 match outcome {
                     Ok(value) => {
-                        return Ok((value, name.clone(), state.upstream.kind, attempts));
+                        return Ok(Won {
+                            value,
+                            endpoint: name.clone(),
+                            kind: state.upstream.kind,
+                            attempts,
+                            permit,
+                            slot,
+                        });
                     }
                     Err(AttemptError::Fatal(error)) => return Err(error),
                     Err(AttemptError::Unauthorized) => failures.push(AttemptFailure {
@@ -877,6 +928,7 @@ impl FleetClient {
                 .unwrap_or(ctx.deadline),
             state: state.clone(),
             finished: false,
+            slots: None,
         })
     }
 }
@@ -1013,6 +1065,8 @@ pub struct FleetStream {
     deadline: Instant,
     state: Arc<EndpointState>,
     finished: bool,
+    /// The overall and endpoint bulkhead slots, freed when the stream ends.
+    slots: Option<(BulkheadPermit, OwnedSemaphorePermit)>,
 }
 
 impl std::fmt::Debug for FleetStream {
@@ -1042,12 +1096,14 @@ impl FleetStream {
             Ok(Some(Ok(chunk))) => return Some(Ok(chunk)),
             Ok(None) => {
                 self.finished = true;
+                self.slots = None;
                 return None;
             }
             Ok(Some(Err(_))) => StreamBreak::Broken,
             Err(_) => on_timeout,
         };
         self.finished = true;
+        self.slots = None;
         if outcome != StreamBreak::Deadline {
             let transition = lock(&self.state.breaker).record(false, Instant::now());
             report_transition(&self.endpoint, transition);

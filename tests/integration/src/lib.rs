@@ -155,9 +155,21 @@ impl LocalAws {
 }
 
 /// SDK configuration for any endpoint (e.g. a closed port to simulate an outage),
-/// with the same timeouts and retries the functions use.
+/// with the functions' retry mode but long attempt timeouts.
+///
+/// Why longer than the functions' 2 s: the local AWS is a Python server that
+/// answers slowly under concurrency. An attempt that times out while moto is
+/// still applying it is retried by the SDK and then runs *concurrently* with the
+/// original; moto checks a transaction's conditions without a lock, so both can
+/// apply (a job billed twice, seen on a loaded 2-core machine). DynamoDB makes the
+/// retry a no-op (the SDK sends the same `ClientRequestToken`), so that is moto's
+/// behaviour, not ours; tests must not depend on how fast moto is.
 pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
-    let settings = AwsSettings::from_env(&Env::new(&[("_", "")])).expect("defaults");
+    let settings = AwsSettings::from_env(&Env::new(&[
+        ("AWS_ATTEMPT_TIMEOUT_MS", "15000"),
+        ("AWS_OPERATION_TIMEOUT_MS", "30000"),
+    ]))
+    .expect("test AWS settings");
     configure(aws_config::defaults(BehaviorVersion::latest()), settings)
         .endpoint_url(endpoint)
         .region(Region::new(REGION))

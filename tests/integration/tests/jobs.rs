@@ -222,12 +222,14 @@ async fn two_hundred_jobs_complete_once_each_and_are_billed_once() {
 
 #[tokio::test]
 async fn a_duplicate_delivery_and_racing_workers_run_the_job_once() {
-    let setup = setup(&[]).await;
+    // The fleet takes 3 s, so the second worker arrives while the first one runs
+    // the job however slowly the local AWS answers its claim.
+    let setup = setup(&[("FLEET_ATTEMPT_TIMEOUT_MS", "10000")]).await;
     setup
         .sim
         .sim
         .set_behaviour(Behaviour {
-            latency_ms: 400,
+            latency_ms: 3_000,
             ..Behaviour::default()
         })
         .await;
@@ -295,18 +297,33 @@ async fn jobs_of_a_killed_worker_complete_after_redelivery() {
     }
     let event = receive_batch(&setup.sqs, setup.queue(), 10).await;
     assert_eq!(event.records.len(), 3);
-    // An invocation with 1.5 s left is killed mid-batch (as a timeout would).
+    // An invocation with 4 s left is killed mid-batch (as a timeout would), once
+    // it has claimed every job (the fleet holds each for 5 s). Its lease lasts
+    // until its deadline + 1 s: 5 s from `started`.
+    let started = Instant::now();
     let worker = setup.worker.clone();
     let batch = event.clone();
     let killed = tokio::spawn(async move {
         worker_inference::handler::handle(
             &worker,
             batch,
-            &lambda_context(Duration::from_millis(1500)),
+            &lambda_context(Duration::from_millis(4000)),
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let claimed_by = started + Duration::from_millis(3500);
+    loop {
+        let mut running = 0;
+        for (id, token) in ids.iter().zip(&tokens) {
+            if body_json(&setup.read(token, id).await)["status"] == "running" {
+                running += 1;
+            }
+        }
+        if running == ids.len() || Instant::now() > claimed_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     killed.abort();
     for (id, token) in ids.iter().zip(&tokens) {
         assert_eq!(body_json(&setup.read(token, id).await)["status"], "running");
@@ -322,14 +339,18 @@ async fn jobs_of_a_killed_worker_complete_after_redelivery() {
         &lambda_context(Duration::from_secs(30)),
     )
     .await;
+    assert!(
+        Instant::now() < started + Duration::from_secs(5),
+        "the early redelivery must run within the lease for this test to mean anything"
+    );
     assert_eq!(
         response.batch_item_failures.len(),
         early.records.len(),
         "lease still held"
     );
     settle(&setup.sqs, setup.queue(), &early, &response, true).await;
-    // After the lease (deadline + 1 s), the redelivered messages complete the jobs.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // After the lease, the redelivered messages complete the jobs.
+    tokio::time::sleep_until((started + Duration::from_millis(5500)).into()).await;
     let status = |i: usize| {
         let setup = &setup;
         let (token, id) = (tokens[i].clone(), ids[i].clone());
@@ -765,7 +786,7 @@ async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
         .sim
         .sim
         .set_behaviour(Behaviour {
-            latency_ms: 4_000,
+            latency_ms: 7_000,
             ..Behaviour::default()
         })
         .await;
@@ -774,8 +795,9 @@ async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
             .submit(&setup.token_a, &completion("long"), None)
             .await,
     );
-    // Delivered with a 2 s visibility timeout; the heartbeat runs every second.
-    let event = harness::receive_batch_hidden_for(&setup.sqs, setup.queue(), 1, Some(2)).await;
+    // Delivered with a 4 s visibility timeout; the heartbeat runs every second, so
+    // the local AWS has 3 s of slack to claim the job and extend the visibility.
+    let event = harness::receive_batch_hidden_for(&setup.sqs, setup.queue(), 1, Some(4)).await;
     assert_eq!(event.records.len(), 1);
     let worker = setup.worker.clone();
     let batch = event.clone();
@@ -783,7 +805,7 @@ async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
         worker_inference::handler::handle(&worker, batch, &lambda_context(Duration::from_secs(30)))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
     let meanwhile = receive_batch(&setup.sqs, setup.queue(), 10).await;
     assert!(
         meanwhile.records.is_empty(),
