@@ -23,15 +23,6 @@ impl ConfigError {
     }
 }
 
-/// Why a function could not start: its configuration, or a client it builds.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Outbound(#[from] crate::outbound::OutboundError),
-}
-
 /// Where configuration comes from. Functions read the process environment; tests
 /// pass a map so they never have to mutate global state.
 pub trait Source {
@@ -142,56 +133,6 @@ impl<'a> Env<'a> {
     }
 }
 
-/// One inference endpoint of the fleet: a stable name (used in logs, metrics and
-/// readiness output) and its base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub name: String,
-    pub base_url: String,
-}
-
-/// Parses `FLEET_ENDPOINTS`: `name=url` pairs in priority order, comma-separated,
-/// e.g. `primary=http://10.0.0.10:8000,secondary=http://10.0.0.11:8000`.
-pub fn parse_endpoints(variable: &str, raw: &[String]) -> Result<Vec<Endpoint>, ConfigError> {
-    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.len());
-    for item in raw {
-        let Some((name, url)) = item.split_once('=') else {
-            return Err(ConfigError::new(
-                variable,
-                format!("entry {item:?} is not of the form name=url"),
-            ));
-        };
-        let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_name {
-            return Err(ConfigError::new(
-                variable,
-                format!("endpoint name {name:?} must be letters, digits, '-' or '_'"),
-            ));
-        }
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(ConfigError::new(
-                variable,
-                format!("endpoint {name} has no http(s) URL: {url:?}"),
-            ));
-        }
-        if endpoints.iter().any(|known| known.name == name) {
-            return Err(ConfigError::new(
-                variable,
-                format!("endpoint name {name} appears twice"),
-            ));
-        }
-        endpoints.push(Endpoint {
-            name: name.to_owned(),
-            base_url: url.to_owned(),
-        });
-    }
-    Ok(endpoints)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,32 +174,5 @@ mod tests {
             env.millis_or("W", 10, 1000).unwrap(),
             Duration::from_millis(10)
         );
-    }
-
-    #[test]
-    fn endpoints_keep_their_order_and_names() {
-        let raw = vec![
-            "primary=http://127.0.0.1:8101/".to_owned(),
-            "secondary=https://fleet-2.internal:8000".to_owned(),
-        ];
-        let endpoints = parse_endpoints("FLEET_ENDPOINTS", &raw).unwrap();
-        assert_eq!(endpoints[0].name, "primary");
-        assert_eq!(endpoints[0].base_url, "http://127.0.0.1:8101");
-        assert_eq!(endpoints[1].name, "secondary");
-    }
-
-    #[test]
-    fn endpoints_reject_bad_entries() {
-        for bad in [
-            "http://no-name:1",
-            "=http://x:1",
-            "a b=http://x:1",
-            "a=ftp://x",
-        ] {
-            let raw = vec![bad.to_owned()];
-            assert!(parse_endpoints("FLEET_ENDPOINTS", &raw).is_err(), "{bad}");
-        }
-        let twice = vec!["a=http://x:1000".to_owned(), "a=http://y:1000".to_owned()];
-        assert!(parse_endpoints("FLEET_ENDPOINTS", &twice).is_err());
     }
 }

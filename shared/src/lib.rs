@@ -1,41 +1,51 @@
-//! What every Sophia function shares.
+//! What every Sophia function shares, in layers. Imports run one way, from the
+//! top of this list to the bottom: a function uses capabilities, capabilities
+//! use the AWS helpers and the core, and the core uses nothing of ours.
 //!
-//! - [`alerts`]: de-duplicated alerts to a Slack-compatible webhook;
-//! - [`audit`]: the append-only, hash-chained audit log and its verification;
+//! **Capabilities** (what the functions are made of):
+//! - [`http`]: the pipeline every API function runs its handler in (policy,
+//!   routing, request parsing, CORS, problem responses, security headers);
+//! - [`fleet`]: the resilient client for the inference fleet and the fallback
+//!   provider (settings, client, streams, errors, breaker, shared health);
+//! - [`jobs`]: asynchronous jobs: the record, its status machine, the store;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
-//! - [`batch`]: SQS partial batch failures for queue consumers;
-//! - [`bulkhead`]: bounded concurrency that sheds at once;
+//! - [`guard`]: what admits or refuses a request: the bulkhead, rate limits and
+//!   quotas (budgets join here: `guard/budget.rs`);
+//! - [`ops`]: what operators rely on: alerts, the audit log, feature flags (the
+//!   dashboard's readers join here: `ops/dashboard.rs`).
+//!
+//! Where this batch's new capabilities go: the chat request, embeddings, usage
+//! and prices and the response cache in `inference/` (shared by api-chat, the
+//! worker and the MCP tools); the assistant's memory in `memory/` (store,
+//! hybrid recall, vector codec); the MCP gateway's protocol, tools and
+//! federation in `mcp/`; OpenTelemetry export beside the logs in `observability`.
+//!
+//! **AWS** ([`aws`]): SDK configuration with explicit timeouts and retries,
+//! DynamoDB helpers, SQS partial batch failures and dead-letter queues, cached
+//! secrets from Secrets Manager.
+//!
+//! **Core** (everything stands on it):
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
-//! - [`deadletter`]: dead-letter queues: peek without losing, redrive;
-//! - [`dynamo`]: small DynamoDB helpers (attribute values, error text);
-//! - [`error`]: the HTTP layer's error type and RFC 9457 problem documents;
+//! - [`clock`]: Unix time and UTC days;
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
-//! - [`http`]: the pipeline every API function runs its handler in;
-//! - [`jobs`]: asynchronous jobs: the record, its status machine, submission;
-//! - [`aws`]: SDK configuration with explicit timeouts and retries;
-//! - [`ratelimit`]: rate limits shared across instances (GCRA in DynamoDB);
-//! - [`quota`]: per-tenant daily quotas enforced across instances;
 //! - [`outbound`]: the one client for outbound HTTP;
-//! - [`flags`]: typed per-tenant feature flags, cached;
-//! - [`fleet`]: the resilient client for the inference fleet and the fallback provider.
+//! - [`problem`]: the error every layer answers clients with, and its RFC 9457
+//!   rendering;
+//! - [`startup`]: why a function could not start.
 
-pub mod alerts;
-pub mod audit;
 pub mod auth;
 pub mod aws;
-pub mod batch;
-pub mod bulkhead;
+pub mod clock;
 pub mod config;
-pub mod deadletter;
-pub mod dynamo;
-pub mod error;
-pub mod flags;
 pub mod fleet;
+pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod observability;
+pub mod ops;
 pub mod outbound;
-pub mod quota;
-pub mod ratelimit;
+pub mod problem;
+pub mod startup;
 
-pub use error::ApiError;
+#[cfg(test)]
+mod layering;

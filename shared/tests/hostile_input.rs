@@ -15,9 +15,10 @@ use proptest::prelude::*;
 use sophia_shared::auth::tokens::{
     API_KEY_PREFIX, KeyRing, Opaque, REFRESH_PREFIX, SigningKey, TokenPolicy,
 };
-use sophia_shared::http::{
-    HttpPolicy, Route, json_depth_exceeds, json_response, parse_json, serve,
-};
+use sophia_shared::http::policy::HttpPolicy;
+use sophia_shared::http::request::{json_depth_exceeds, json_response, parse_json};
+use sophia_shared::http::routing::Route;
+use sophia_shared::http::serve;
 
 fn policy() -> TokenPolicy {
     TokenPolicy {

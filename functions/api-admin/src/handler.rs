@@ -22,15 +22,18 @@ use std::time::Duration;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
-use sophia_shared::ApiError;
-use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::auth::{ALL_SCOPES, Authenticator, Principal, SCOPE_ADMIN, SCOPE_PLATFORM};
+use sophia_shared::aws::deadletter::DeadLetterQueue;
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::deadletter::DeadLetterQueue;
-use sophia_shared::flags::{FlagValue, Flags, valid_name};
-use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
-use sophia_shared::quota::{Quota, Quotas};
+use sophia_shared::guard::quota::{Quota, Quotas};
+use sophia_shared::http::policy::HttpPolicy;
+use sophia_shared::http::request::{ApiRequest, json_response};
+use sophia_shared::http::routing::Route;
+use sophia_shared::http::serve;
+use sophia_shared::ops::audit::{AuditLog, Event};
+use sophia_shared::ops::flags::{FlagValue, Flags, valid_name};
+use sophia_shared::problem::ApiError;
 
 pub const SERVICE: &str = "api-admin";
 

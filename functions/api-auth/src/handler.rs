@@ -13,14 +13,17 @@ use std::sync::Arc;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
-use sophia_shared::ApiError;
-use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::store::{AuthStore, Rotation};
 use sophia_shared::auth::tokens::{API_KEY_PREFIX, Opaque, REFRESH_PREFIX};
 use sophia_shared::auth::{AuthSettings, KeySource};
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
-use sophia_shared::ratelimit::RateLimits;
+use sophia_shared::guard::ratelimit::RateLimits;
+use sophia_shared::http::policy::HttpPolicy;
+use sophia_shared::http::request::{ApiRequest, json_response};
+use sophia_shared::http::routing::Route;
+use sophia_shared::http::serve;
+use sophia_shared::ops::audit::{AuditLog, Event};
+use sophia_shared::problem::ApiError;
 
 pub const SERVICE: &str = "api-auth";
 

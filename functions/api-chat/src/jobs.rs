@@ -6,11 +6,12 @@
 
 use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
-use sophia_shared::ApiError;
 use sophia_shared::auth::{Principal, SCOPE_JOBS};
-use sophia_shared::jobs::{JobStore, NewJob, idempotency_key, job_id};
+use sophia_shared::guard::quota::Quotas;
+use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::{NewJob, idempotency_key, job_id};
 use sophia_shared::observability::MetricSet;
-use sophia_shared::quota::Quotas;
+use sophia_shared::problem::ApiError;
 
 use crate::request::ChatRequest;
 
@@ -99,7 +100,7 @@ pub async fn submit(
             .emit();
     }
     let mut response =
-        sophia_shared::http::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
+        sophia_shared::http::request::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     response.headers_mut().insert(header::LOCATION, location);

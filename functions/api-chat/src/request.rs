@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sophia_shared::ApiError;
 use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::problem::ApiError;
 
 /// Bounds from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,7 +262,7 @@ mod tests {
     }
 
     fn parse(value: Value) -> Result<ChatRequest, ApiError> {
-        sophia_shared::http::parse_json(value.to_string().as_bytes())
+        sophia_shared::http::request::parse_json(value.to_string().as_bytes())
     }
 
     fn ok() -> Value {

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 use serde::Deserialize;
+use sophia_shared::clock::utc_date;
 use sophia_shared::config::ConfigError;
-use sophia_shared::quota::utc_date;
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -90,7 +90,7 @@ impl UsageRecorder {
         let update = self
             .update(tenant, model, usage, cost_micro_usd)
             .map_err(|error| error.to_string())?;
-        sophia_shared::dynamo::apply(&self.dynamodb, update).await
+        sophia_shared::aws::dynamo::apply(&self.dynamodb, update).await
     }
 
     /// The usage increment as an update, for [`Self::record`] and for transactions

@@ -7,7 +7,7 @@
 use api_chat::request::{ChatRequest, Limits};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sophia_shared::http::parse_json;
+use sophia_shared::http::request::parse_json;
 
 fn limits() -> Limits {
     Limits {

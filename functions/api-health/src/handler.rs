@@ -16,12 +16,16 @@ use futures_util::future::join_all;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
-use sophia_shared::ApiError;
 use sophia_shared::aws::AwsSettings;
-use sophia_shared::config::{ConfigError, Endpoint, Env, parse_endpoints};
-use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::fleet::settings::{Endpoint, parse_endpoints};
+use sophia_shared::http::policy::HttpPolicy;
+use sophia_shared::http::request::{ApiRequest, json_response};
+use sophia_shared::http::routing::Route;
+use sophia_shared::http::serve;
 use sophia_shared::observability::RequestContext;
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+use sophia_shared::problem::ApiError;
 
 pub const SERVICE: &str = "api-health";
 

@@ -12,12 +12,17 @@ use api_chat::jobs::submit;
 use api_chat::request::{ChatRequest, Limits};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-use sophia_shared::ApiError;
 use sophia_shared::auth::{Authenticator, SCOPE_JOBS};
-use sophia_shared::config::{Env, InitError};
-use sophia_shared::http::{ApiRequest, HttpPolicy, Route, json_response, serve};
-use sophia_shared::jobs::{JobStore, valid_job_id};
-use sophia_shared::quota::Quotas;
+use sophia_shared::config::Env;
+use sophia_shared::guard::quota::Quotas;
+use sophia_shared::http::policy::HttpPolicy;
+use sophia_shared::http::request::{ApiRequest, json_response};
+use sophia_shared::http::routing::Route;
+use sophia_shared::http::serve;
+use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::valid_job_id;
+use sophia_shared::problem::ApiError;
+use sophia_shared::startup::InitError;
 
 pub const SERVICE: &str = "api-jobs";
 

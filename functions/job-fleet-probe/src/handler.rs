@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
-use sophia_shared::config::{ConfigError, Endpoint, Env, InitError, parse_endpoints};
-use sophia_shared::fleet::credentials::SecretToken;
+use sophia_shared::aws::secrets::SecretToken;
+use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::health::{EndpointStatus, HealthRecord, SharedHealth, next_record};
+use sophia_shared::fleet::settings::{Endpoint, parse_endpoints};
 use sophia_shared::observability::MetricSet;
 use sophia_shared::outbound::{OutboundClient, OutboundSettings};
+use sophia_shared::startup::InitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

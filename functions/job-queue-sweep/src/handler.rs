@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
+use sophia_shared::aws::deadletter::DeadLetterQueue;
+use sophia_shared::clock::now_ms;
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::deadletter::DeadLetterQueue;
-use sophia_shared::jobs::{JobMessage, JobStore, now_ms};
+use sophia_shared::jobs::JobMessage;
+use sophia_shared::jobs::store::JobStore;
 use sophia_shared::observability::MetricSet;
 
 pub const SERVICE: &str = "job-queue-sweep";

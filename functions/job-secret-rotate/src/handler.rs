@@ -20,12 +20,14 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::Client as Secrets;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
-use sophia_shared::alerts::{Alerter, Sent};
-use sophia_shared::audit::{AuditLog, Event};
 use sophia_shared::auth::tokens::{KeyRing, TokenPolicy, random_hex};
-use sophia_shared::config::{Endpoint, Env, InitError, parse_endpoints};
-use sophia_shared::fleet::credentials::{SecretToken, token_from_secret};
+use sophia_shared::aws::secrets::{SecretToken, token_from_secret};
+use sophia_shared::config::Env;
+use sophia_shared::fleet::settings::{Endpoint, parse_endpoints};
+use sophia_shared::ops::alerts::{Alerter, Sent};
+use sophia_shared::ops::audit::{AuditLog, Event};
 use sophia_shared::outbound::{OutboundClient, OutboundError, OutboundSettings};
+use sophia_shared::startup::InitError;
 
 const PENDING: &str = "AWSPENDING";
 const CURRENT: &str = "AWSCURRENT";
@@ -160,7 +162,7 @@ pub const MAX_AGE_TAG: &str = "sophia:max-age-days";
 /// Every secret with a [`MAX_AGE_TAG`]: its age since the last rotation (or
 /// creation) against the policy; overdue ones fire an alert, repaired ones resolve it.
 async fn audit_ages(deps: &Deps) -> Result<serde_json::Value, RotationError> {
-    let now = sophia_shared::auth::tokens::now_secs() as i64;
+    let now = sophia_shared::clock::now_secs() as i64;
     let mut report = Vec::new();
     let mut token = None;
     loop {

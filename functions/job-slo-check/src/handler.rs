@@ -26,13 +26,14 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
-use sophia_shared::alerts::Alerter;
-use sophia_shared::auth::tokens::now_secs;
-use sophia_shared::config::{ConfigError, Env, InitError};
-use sophia_shared::dynamo::{n, s};
-use sophia_shared::fleet::credentials::SecretToken;
+use sophia_shared::aws::dynamo::{n, s};
+use sophia_shared::aws::secrets::SecretToken;
+use sophia_shared::clock::now_secs;
+use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::observability::MetricSet;
+use sophia_shared::ops::alerts::Alerter;
 use sophia_shared::outbound::{OutboundClient, OutboundSettings};
+use sophia_shared::startup::InitError;
 
 pub const SERVICE: &str = "job-slo-check";
 const NAMESPACE: &str = "Sophia";
@@ -357,7 +358,7 @@ async fn store(deps: &Deps, status: &SloStatus) -> Result<(), String> {
         .send()
         .await
         .map(|_| ())
-        .map_err(sophia_shared::dynamo::error_text)
+        .map_err(sophia_shared::aws::dynamo::error_text)
 }
 
 /// Sums of `Requests` and the SLI's bad metric over the `window` ending `now`.

@@ -22,13 +22,16 @@ use std::time::{Duration, Instant};
 
 use api_chat::usage::{PriceTable, Usage, UsageRecorder};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use sophia_shared::ApiError;
-use sophia_shared::batch::{Outcome, message_id, process_batch};
-use sophia_shared::config::{ConfigError, Env, InitError};
-use sophia_shared::fleet::FleetClient;
-use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage, JobStore, now_ms};
+use sophia_shared::aws::batch::{Outcome, message_id, process_batch};
+use sophia_shared::clock::now_ms;
+use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::fleet::client::FleetClient;
+use sophia_shared::guard::quota::Quotas;
+use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage};
 use sophia_shared::observability::{MetricSet, RequestContext, TraceContext};
-use sophia_shared::quota::Quotas;
+use sophia_shared::problem::ApiError;
+use sophia_shared::startup::InitError;
 use tracing::Instrument;
 
 pub const SERVICE: &str = "worker-inference";
@@ -265,7 +268,7 @@ async fn call_fleet(
     deps: &Deps,
     job: &Job,
     deadline_ms: u64,
-) -> Result<sophia_shared::fleet::FleetReply, ApiError> {
+) -> Result<sophia_shared::fleet::client::FleetReply, ApiError> {
     let body: serde_json::Value = serde_json::from_str(&job.request)
         .map_err(|error| ApiError::invalid(format!("the stored request is unreadable: {error}")))?;
     let ctx = RequestContext {
@@ -304,7 +307,7 @@ async fn finish(
     deps: &Deps,
     job: &Job,
     attempt: u32,
-    reply: sophia_shared::fleet::FleetReply,
+    reply: sophia_shared::fleet::client::FleetReply,
     metrics: MetricSet,
 ) -> Outcome {
     let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();

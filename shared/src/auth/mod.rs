@@ -15,7 +15,7 @@ use http::HeaderMap;
 use tokio::sync::RwLock;
 
 use crate::config::{ConfigError, Env};
-use crate::error::ApiError;
+use crate::problem::ApiError;
 use store::{AuthStore, RevocationCache};
 use tokens::{KeyRing, TokenError, TokenPolicy};
 

@@ -15,9 +15,10 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::sync::Mutex;
 
-use crate::dynamo::{n, s};
+use crate::aws::dynamo::{n, s};
 
-use super::tokens::{Opaque, now_secs, secret_hash};
+use super::tokens::{Opaque, secret_hash};
+use crate::clock::now_secs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,7 +31,7 @@ pub enum StoreError {
 fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
     error: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> StoreError {
-    StoreError::Aws(crate::dynamo::error_text(error))
+    StoreError::Aws(crate::aws::dynamo::error_text(error))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@
 //! - API keys and refresh tokens are random 256-bit secrets; only their SHA-256
 //!   is stored (high-entropy secrets need no slow hash), compared in constant time.
 
+use crate::clock::now_secs;
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -194,13 +194,6 @@ impl Claims {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)
     }
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Issuer, audience and lifetimes.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::sync::Mutex;
 
-use crate::auth::tokens::now_secs;
+use crate::clock::now_secs;
 
 pub const HEALTH_PK: &str = "fleet-health";
 
@@ -116,7 +116,7 @@ impl SharedHealth {
             .expression_attribute_values(":pk", AttributeValue::S(HEALTH_PK.to_owned()))
             .send()
             .await
-            .map_err(crate::dynamo::error_text)?;
+            .map_err(crate::aws::dynamo::error_text)?;
         let mut records = HashMap::new();
         for item in output.items() {
             let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
@@ -184,7 +184,7 @@ impl SharedHealth {
             .send()
             .await
             .map(|_| ())
-            .map_err(crate::dynamo::error_text)?;
+            .map_err(crate::aws::dynamo::error_text)?;
         self.cache.lock().await.fetched_at = None;
         Ok(())
     }

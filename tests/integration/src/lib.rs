@@ -20,6 +20,8 @@ use serde_json::Value;
 use sophia_shared::aws::{AwsSettings, configure};
 use sophia_shared::config::Env;
 
+pub mod jobs;
+
 pub const REGION: &str = "us-east-1";
 
 pub fn workspace_root() -> PathBuf {

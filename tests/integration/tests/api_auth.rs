@@ -182,7 +182,7 @@ async fn a_refresh_token_used_twice_revokes_its_family() {
                 .contains("revoked")
         );
     }
-    let audit = sophia_shared::audit::AuditLog::new(
+    let audit = sophia_shared::ops::audit::AuditLog::new(
         aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await),
         s.stack.env("AUDIT_TABLE").to_owned(),
     );

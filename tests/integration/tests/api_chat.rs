@@ -738,8 +738,8 @@ async fn the_daily_quota_is_enforced_per_tenant() {
     let s = setup(1, &[]).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
     let env = s.stack.env_with(&[]);
-    let quotas = sophia_shared::quota::Quotas::from_env(&Env::new(&env), dynamodb).unwrap();
-    let quota = sophia_shared::quota::Quota {
+    let quotas = sophia_shared::guard::quota::Quotas::from_env(&Env::new(&env), dynamodb).unwrap();
+    let quota = sophia_shared::guard::quota::Quota {
         requests_per_day: 2,
         tokens_per_day: 1_000_000,
     };

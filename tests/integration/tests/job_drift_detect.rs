@@ -6,7 +6,8 @@
 use std::process::Command;
 
 use harness::{local_aws, python, unique_stack, workspace_root};
-use job_drift_detect::handler::{Deps, DriftError, Kind, handle};
+use job_drift_detect::handler::{Deps, DriftError, handle};
+use job_drift_detect::report::Kind;
 use serde_json::json;
 use sophia_shared::config::Env;
 

@@ -114,7 +114,7 @@ async fn the_signing_key_ring_rotates_without_breaking_live_tokens() {
     let kid = jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap();
     assert_eq!(kid, ring.current_kid(), "new tokens carry the new kid");
 
-    let audit = sophia_shared::audit::AuditLog::new(
+    let audit = sophia_shared::ops::audit::AuditLog::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         stack.env("AUDIT_TABLE").to_owned(),
     );

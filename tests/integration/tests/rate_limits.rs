@@ -96,7 +96,7 @@ async fn the_api_answers_429_with_retry_after_and_ratelimit_headers() {
 
 #[tokio::test]
 async fn concurrent_requests_under_the_limit_are_all_admitted() {
-    use sophia_shared::ratelimit::{Limiter, Rule};
+    use sophia_shared::guard::ratelimit::{Limiter, Rule};
     let aws = local_aws();
     let stack = aws.provision(&unique_stack("limits-burst"), &[]);
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config().await);

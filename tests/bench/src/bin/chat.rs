@@ -337,7 +337,7 @@ async fn main() {
         "\ntoken verification (HS256 signature, claims, scope, cached revocations), {rounds} calls: {per_call:.2} µs each, no network"
     );
 
-    let rule = sophia_shared::ratelimit::Rule {
+    let rule = sophia_shared::guard::ratelimit::Rule {
         per_minute: 600,
         burst: 60,
     };
@@ -346,7 +346,7 @@ async fn main() {
     let mut tat = None;
     for i in 0..decisions {
         let now = 1_000_000_000_000 + u64::from(i) * 100_000;
-        let (next, decision) = std::hint::black_box(sophia_shared::ratelimit::decide(
+        let (next, decision) = std::hint::black_box(sophia_shared::guard::ratelimit::decide(
             std::hint::black_box(tat),
             now,
             rule,

@@ -24,7 +24,8 @@ use clap::Parser;
 use harness::{lambda_context, local_aws, receive_batch, settle, unique_stack};
 use serde_json::json;
 use sophia_shared::config::Env;
-use sophia_shared::jobs::{JobStore, NewJob};
+use sophia_shared::jobs::NewJob;
+use sophia_shared::jobs::store::JobStore;
 
 #[derive(Parser)]
 struct Args {

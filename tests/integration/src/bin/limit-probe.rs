@@ -10,7 +10,7 @@
 
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
-use sophia_shared::ratelimit::{Limiter, Rule};
+use sophia_shared::guard::ratelimit::{Limiter, Rule};
 
 #[tokio::main]
 async fn main() {

@@ -1,4 +1,8 @@
-//! AWS SDK configuration, built once per cold start.
+//! AWS: SDK configuration (here), and the helpers every store and consumer uses:
+//! [`dynamo`] (attribute values, updates), [`batch`] (SQS partial batch
+//! failures), [`deadletter`] (peek and redrive), [`secrets`] (cached secrets).
+//!
+//! SDK configuration is built once per cold start.
 //!
 //! `aws-config` honours `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_<SERVICE>`), so the
 //! same binary talks to AWS or to the local AWS. Timeouts are explicit: without them
@@ -6,6 +10,11 @@
 //! Retries use the standard mode (token-bucket retry quota, so retries back off as a
 //! whole during an outage) with few attempts: the caller's own deadline matters more
 //! than a last retry.
+
+pub mod batch;
+pub mod deadletter;
+pub mod dynamo;
+pub mod secrets;
 
 use std::time::Duration;
 

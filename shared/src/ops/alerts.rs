@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use crate::dynamo::error_text as aws;
+use crate::aws::dynamo::error_text as aws;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::auth::tokens::now_secs;
-use crate::fleet::credentials::SecretToken;
+use crate::aws::secrets::SecretToken;
+use crate::clock::now_secs;
 use crate::outbound::OutboundClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

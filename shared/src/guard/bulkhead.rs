@@ -56,8 +56,8 @@ impl Bulkhead {
     }
 
     /// The answer to a shed request: 503 with `Retry-After: 1`.
-    pub fn refusal(&self) -> crate::error::ApiError {
-        crate::error::ApiError::DependencyUnavailable {
+    pub fn refusal(&self) -> crate::problem::ApiError {
+        crate::problem::ApiError::DependencyUnavailable {
             dependency: self.what,
             retry_after_secs: 1,
         }

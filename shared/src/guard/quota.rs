@@ -11,14 +11,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::dynamo::error_text as aws;
+use crate::aws::dynamo::error_text as aws;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Update};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::auth::tokens::now_secs;
+use crate::clock::{now_secs, utc_date};
 use crate::config::{ConfigError, Env};
-use crate::error::ApiError;
+use crate::problem::ApiError;
 
 const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -27,21 +27,6 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 pub struct Quota {
     pub requests_per_day: u64,
     pub tokens_per_day: u64,
-}
-
-/// `yyyy-mm-dd` (UTC) of a Unix time.
-pub fn utc_date(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64 + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[derive(Debug)]
@@ -184,7 +169,7 @@ impl Quotas {
         let update = self
             .add_tokens_update(tenant, tokens)
             .map_err(|e| e.to_string())?;
-        crate::dynamo::apply(&self.dynamodb, update).await
+        crate::aws::dynamo::apply(&self.dynamodb, update).await
     }
 
     /// [`Self::add_tokens`] as an update, for transactions.
@@ -203,17 +188,5 @@ impl Quotas {
             .update_expression("ADD tokens :tokens")
             .expression_attribute_values(":tokens", AttributeValue::N(tokens.to_string()))
             .build()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_utc_calendar_days() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(1_795_374_000), "2026-11-22");
     }
 }

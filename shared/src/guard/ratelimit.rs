@@ -252,7 +252,7 @@ impl Limiter {
                         .and_then(|n| n.parse().ok());
                     Err(WriteError::Moved(current))
                 }
-                _ => Err(WriteError::Unavailable(crate::dynamo::error_text(error))),
+                _ => Err(WriteError::Unavailable(crate::aws::dynamo::error_text(error))),
             },
         }
     }

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::dynamo::{n, s};
+use crate::aws::dynamo::{n, s};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -116,7 +116,7 @@ impl Entry {
 fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(
     error: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> AuditError {
-    AuditError::Aws(crate::dynamo::error_text(error))
+    AuditError::Aws(crate::aws::dynamo::error_text(error))
 }
 
 fn seq_key(seq: u64) -> String {
@@ -166,7 +166,7 @@ impl AuditLog {
         for _ in 0..MAX_APPEND_ATTEMPTS {
             let (last, prev_hash) = self.head(tenant).await?;
             let seq = last + 1;
-            let time = crate::auth::tokens::now_secs();
+            let time = crate::clock::now_secs();
             let fields = [
                 event.actor,
                 event.action,

@@ -1,0 +1,10 @@
+//! What admits or refuses a request before it costs anything upstream.
+//!
+//! - [`bulkhead`]: bounded concurrency per instance that sheds at once;
+//! - [`ratelimit`]: per-IP and per-principal limits shared across instances
+//!   (GCRA in DynamoDB);
+//! - [`quota`]: per-tenant daily request and token quotas.
+
+pub mod bulkhead;
+pub mod quota;
+pub mod ratelimit;
