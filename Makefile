@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz test lint unit cfn-lint build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,12 +32,12 @@ dev: setup ## run everything locally: local AWS + 2 fleet simulators + cargo lam
 	@tools/dev.sh
 
 token: ## print a fresh access token for the running `make dev` (tenant dev, every scope)
-	@test -s .local/dev-api-key || { echo "no dev API key: start the stack with 'make dev' first" >&2; exit 2; }
+	@test -s $${SOPHIA_STATE_DIR:-.local}/dev-api-key || { echo "no dev API key: start the stack with 'make dev' first" >&2; exit 2; }
 	@curl -fsS -X POST http://127.0.0.1:$${SOPHIA_PORT:-9000}/v1/auth/token -H 'content-type: application/json' \
-		-d "{\"api_key\": \"$$(cat .local/dev-api-key)\"}" \
+		-d "{\"api_key\": \"$$(cat $${SOPHIA_STATE_DIR:-.local}/dev-api-key)\"}" \
 		| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 
-test: setup lint unit cfn-lint ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint
+test: setup lint unit cfn-lint stack-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack
 	@echo "==> all checks passed"
 
 lint:
@@ -53,6 +53,12 @@ unit:
 cfn-lint:
 	@echo "==> cfn-lint infra/template.yaml"
 	@$(VENV)/bin/cfn-lint infra/template.yaml
+
+stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
+	@tools/with-dev-stack.sh tools/stack-checks.sh
+
+api-fuzz: setup ## schemathesis against the running `make dev` from its OpenAPI document (API_FUZZ_EXAMPLES, API_FUZZ_SECONDS)
+	@tools/api-fuzz.sh
 
 build: setup ## release arm64 zips of every function in target/lambda-arm64/<fn>/bootstrap.zip
 	@command -v rustup >/dev/null && rustup target add $(ARM64) >/dev/null 2>&1 || true
@@ -99,7 +105,7 @@ sweep: ## run job-queue-sweep once against the running `make dev` (re-send stran
 
 fuzz: ## property-based fuzzing of request parsing, the pipeline and token verification (FUZZ_CASES, default 20000)
 	@echo "==> $${FUZZ_CASES:-20000} cases per property (bounded; stops by itself)"
-	@PROPTEST_CASES=$${FUZZ_CASES:-20000} cargo test --locked -p sophia-shared -p api-chat --test hostile_input -- --test-threads 2
+	@PROPTEST_CASES=$${FUZZ_CASES:-20000} cargo test --locked -p sophia-shared --test hostile_input --test hostile_chat_request -- --test-threads 2
 
 bench: setup ## benchmarks: cold start of the release binaries (see BENCHMARKS.md)
 	@tools/bench.sh

@@ -41,6 +41,7 @@ TEMPLATE = Path(__file__).with_name("template.yaml")
 # Types that exist only in AWS and have no local counterpart the functions use.
 NOT_LOCAL = {
     "AWS::Serverless::HttpApi": "API Gateway: `cargo lambda watch` routes locally",
+    "AWS::Serverless::Api": "API Gateway: `cargo lambda watch` routes locally",
     "AWS::Serverless::Function": "functions run under `cargo lambda watch`",
     "AWS::Lambda::Permission": "no Lambda service locally",
     "AWS::Lambda::Url": "`cargo lambda watch` serves function URLs",

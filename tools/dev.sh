@@ -9,6 +9,13 @@
 #   SOPHIA_PORT (9000)      the API: http://127.0.0.1:$SOPHIA_PORT/health
 #   SOPHIA_AWS_PORT (5055)  the local AWS endpoint
 #   SOPHIA_SIM_PORTS ("8101 8102")  fleet simulators: primary, secondary
+#   SOPHIA_STATE_DIR (.local)       logs, the env file, the dev API key, stack.json
+#
+# Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`, or to either's
+# process group. The first signal starts the cleanup; further ones are ignored
+# until it is done (a second signal used to kill the cleanup half-way, leaving
+# parts running). Each part gets TERM, then KILL after 10 s if it is still up.
+# `.local/stack.json` exists exactly while the whole stack answers.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +26,7 @@ aws_port=${SOPHIA_AWS_PORT:-5055}
 read -r -a sim_ports <<<"${SOPHIA_SIM_PORTS:-8101 8102}"
 sim_names=(primary secondary)
 stack=${SOPHIA_STACK:-sophia-local}
-state_dir=$root/.local
+state_dir=${SOPHIA_STATE_DIR:-$root/.local}
 python=$root/.venv/bin/python
 mkdir -p "$state_dir"
 
@@ -37,12 +44,21 @@ done
 
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
+  # Ignore further signals: a supervisor, make and the process group may all
+  # send one, and the cleanup must run to its end.
+  trap '' INT TERM
+  trap - EXIT
+  rm -f "$state_dir/stack.json"
   if [ ${#pids[@]} -gt 0 ]; then
     printf '\nstopping local stack...\n'
     # Each part runs in its own process group (setsid), so children go too.
     for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    local deadline=$((SECONDS + 10))
+    for pid in "${pids[@]}"; do
+      while kill -0 -- "-$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    done
   fi
   printf 'stopped.\n'
 }
@@ -125,6 +141,15 @@ start "cargo-lambda-watch" "$state_dir/watch.log" \
 watch_pid=${pids[-1]}
 printf '  waiting for the first answer from /health (cargo lambda watch compiles the function)\n'
 wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
+# Start every API function once (each answers 401/404 without credentials), so the
+# first real request does not wait for its process.
+for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up; do
+  until code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 120 -X POST "http://127.0.0.1:$api_port$path") \
+      && [ "$code" -ge 400 ] && [ "$code" -lt 500 ]; do
+    kill -0 "$watch_pid" 2>/dev/null || fail "cargo lambda watch exited; see $state_dir/watch.log"
+    sleep 0.5
+  done
+done
 
 # Lambda's SQS event source for the worker (moto cannot run one): jobs submitted
 # to the API run through worker-inference under cargo lambda watch.
@@ -139,17 +164,17 @@ start "jobs-event-source" "$state_dir/event-source.log" \
   --function worker-inference --invoke "http://127.0.0.1:$api_port"
 
 base="http://127.0.0.1:$api_port"
+printf '{"base": "%s", "aws": "http://127.0.0.1:%s", "pid": %s, "state_dir": "%s"}\n' \
+  "$base" "$aws_port" "$$" "$state_dir" > "$state_dir/stack.json"
 cat <<EOF
 
 Sophia Functions is running locally.
 
-  API            $base   (routes: /health, /ready, POST /v1/auth/{token,refresh,revoke}, POST /v1/chat/completions,
-                 POST /v1/jobs, GET /v1/jobs/{id}, /v1/admin/...)
-  dev API key    $(cat "$state_dir/dev-api-key")   (tenant 'dev', every scope; also in .local/dev-api-key)
-  streamed chat  $base/lambda-url/api-chat-stream/v1/chat/completions   (the function URL locally)
-  local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in .local/dev.env)
+  API            $base   (one base URL; OpenAI clients use $base/v1; the contract: $base/openapi.json)
+  dev API key    $(cat "$state_dir/dev-api-key")   (tenant 'dev', every scope; also in $state_dir/dev-api-key)
+  local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in $state_dir/dev.env)
   fleet          $(printf '%s ' "${fleet//,/  }")
-  logs           .local/*.log
+  logs           $state_dir/*.log
 
 Try:
   curl -i $base/health
@@ -157,8 +182,9 @@ Try:
   TOKEN=\$(make -s token)      # a fresh access token for the dev tenant
   curl -s $base/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -d '{"model":"sophia-small","messages":[{"role":"user","content":"hello Sophia"}]}'
-  curl -sN $base/lambda-url/api-chat-stream/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
+  curl -sN $base/v1/chat/completions -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -d '{"model":"sophia-small","stream":true,"messages":[{"role":"user","content":"stream to me"}]}'
+  curl -s $base/v1/models -H "authorization: Bearer \$TOKEN"
 
   curl -si $base/v1/jobs -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
     -H 'idempotency-key: my-first-job' -d '{"model":"sophia-small","messages":[{"role":"user","content":"later"}]}'
@@ -175,4 +201,4 @@ EOF
 # A stopped simulator or local AWS is a scenario to try (/ready then names it), so
 # only the loss of the API itself ends the session.
 wait "$watch_pid" || true
-fail "cargo lambda watch exited; see .local/watch.log"
+fail "cargo lambda watch exited; see $state_dir/watch.log"

@@ -7,16 +7,18 @@
 //!   routing, request parsing, CORS, problem responses, security headers);
 //! - [`fleet`]: the resilient client for the inference fleet and the fallback
 //!   provider (settings, client, streams, errors, breaker, shared health);
-//! - [`jobs`]: asynchronous jobs: the record, its status machine, the store;
+//! - [`inference`]: chat completions, embeddings and models as every route and
+//!   tool serves them, with their billing;
+//! - [`jobs`]: asynchronous jobs: the record, its status machine, the store,
+//!   submission;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
 //! - [`guard`]: what admits or refuses a request: the bulkhead, rate limits and
 //!   quotas (budgets join here: `guard/budget.rs`);
 //! - [`ops`]: what operators rely on: alerts, the audit log, feature flags (the
 //!   dashboard's readers join here: `ops/dashboard.rs`).
 //!
-//! Where this batch's new capabilities go: the chat request, embeddings, usage
-//! and prices and the response cache in `inference/` (shared by api-chat, the
-//! worker and the MCP tools); the assistant's memory in `memory/` (store,
+//! Where this batch's new capabilities go: the response cache in `inference/`;
+//! the assistant's memory in `memory/` (store,
 //! hybrid recall, vector codec); the MCP gateway's protocol, tools and
 //! federation in `mcp/`; OpenTelemetry export beside the logs in `observability`.
 //!
@@ -40,6 +42,7 @@ pub mod config;
 pub mod fleet;
 pub mod guard;
 pub mod http;
+pub mod inference;
 pub mod jobs;
 pub mod observability;
 pub mod ops;

@@ -248,7 +248,7 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
         AdminRoute::CreateKey => {
             let request: NewKey = api.json()?;
             let name = request.name.trim();
-            if name.is_empty() || name.len() > 100 {
+            if name.is_empty() || name.chars().count() > 100 {
                 return Err(ApiError::invalid("name must have 1 to 100 characters"));
             }
             let mut scopes = request.scopes.clone();

@@ -1,6 +1,4 @@
-//! api-chat: the OpenAI-compatible chat route, shared by the `api-chat` (buffered)
-//! and `api-chat-stream` (response streaming) functions.
+//! api-chat: the OpenAI-compatible routes (chat completions in both response
+//! modes, embeddings, models) on the API's one base URL.
 pub mod handler;
-pub mod jobs;
-pub mod request;
-pub mod usage;
+pub mod sse;

@@ -1,7 +1,7 @@
-//! api-chat (behind API Gateway): wiring only.
+//! api-chat (API Gateway REST API, response streaming): wiring only.
 
-use api_chat::handler::{Deps, SERVICE, aws_settings, handle};
-use lambda_http::{Error, run, service_fn};
+use api_chat::handler::{Deps, aws_settings, handle};
+use lambda_http::{Error, run_with_streaming_response, service_fn};
 use sophia_shared::aws::load_sdk_config;
 use sophia_shared::config::{Env, ProcessEnv};
 use sophia_shared::observability::init_logging;
@@ -11,11 +11,12 @@ async fn main() -> Result<(), Error> {
     init_logging();
     let env = Env::new(&ProcessEnv);
     let sdk = load_sdk_config(aws_settings(&env)?).await;
-    let deps = Deps::from_env(SERVICE, &env, &sdk)
+    let deps = Deps::from_env(&env, &sdk)
         .await
         .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
-    run(service_fn(|request| async {
-        Ok::<_, std::convert::Infallible>(handle(&deps, request).await)
+    run_with_streaming_response(service_fn(|request| async {
+        // Boxed: the nested future is deep enough to hit the compiler's layout depth limit.
+        Ok::<_, std::convert::Infallible>(Box::pin(handle(&deps, request)).await)
     }))
     .await
 }

@@ -5,7 +5,7 @@
 //! fleet endpoint — concurrently, each under a short timeout, so the whole check
 //! costs one timeout at worst. It answers 200 when all are fine, else a 503
 //! `not-ready` problem that names the failing dependencies and carries every
-//! dependency's status and latency.
+//! dependency's status and latency. `GET /openapi.json` is the API's contract.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -33,12 +33,17 @@ pub const SERVICE: &str = "api-health";
 pub enum HealthRoute {
     Liveness,
     Readiness,
+    OpenApi,
 }
 
-pub const ROUTES: [Route<HealthRoute>; 2] = [
+pub const ROUTES: [Route<HealthRoute>; 3] = [
     Route::public(Method::GET, "/health", HealthRoute::Liveness),
     Route::public(Method::GET, "/ready", HealthRoute::Readiness),
+    Route::public(Method::GET, "/openapi.json", HealthRoute::OpenApi),
 ];
+
+/// The API's contract, served as it is in the repository (`api/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../../api/openapi.json");
 
 /// The item readiness reads: its absence is fine, only the round trip matters.
 const READINESS_KEY: &str = "readiness#probe";
@@ -111,6 +116,11 @@ async fn route(deps: &Deps, api: ApiRequest<HealthRoute>) -> Result<Response<Bod
             }),
         ),
         HealthRoute::Readiness => readiness(deps, &api.ctx).await,
+        HealthRoute::OpenApi => Response::builder()
+            .status(StatusCode::OK)
+            .header(lambda_http::http::header::CONTENT_TYPE, "application/json")
+            .body(Body::Text(OPENAPI.to_owned()))
+            .map_err(|error| ApiError::internal(format!("building the document: {error}"))),
     }
 }
 

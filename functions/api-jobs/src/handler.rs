@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use api_chat::jobs::submit;
-use api_chat::request::{ChatRequest, Limits};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use sophia_shared::auth::{Authenticator, SCOPE_JOBS};
@@ -19,7 +17,9 @@ use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
+use sophia_shared::inference::chat::{ChatRequest, Limits};
 use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::submit::{JobRequest, submit};
 use sophia_shared::jobs::valid_job_id;
 use sophia_shared::problem::ApiError;
 use sophia_shared::startup::InitError;
@@ -77,11 +77,16 @@ async fn route(deps: &Deps, api: ApiRequest<JobsRoute>) -> Result<Response<Body>
         JobsRoute::Submit => {
             let chat: ChatRequest = api.json()?;
             chat.validate(&deps.limits)?;
+            let upstream = chat.upstream_body(&deps.limits)?;
+            let job = JobRequest {
+                upstream: &upstream,
+                model: &chat.model,
+                stream: chat.stream,
+            };
             submit(
                 &deps.jobs,
-                &chat.upstream_body(&deps.limits)?,
+                job,
                 principal,
-                &chat,
                 &api.headers,
                 SERVICE,
                 Some(&deps.quotas),

@@ -20,13 +20,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_chat::usage::{PriceTable, Usage, UsageRecorder};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use sophia_shared::aws::batch::{Outcome, message_id, process_batch};
 use sophia_shared::clock::now_ms;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::client::FleetClient;
 use sophia_shared::guard::quota::Quotas;
+use sophia_shared::inference::usage::{PriceTable, Usage, UsageRecorder};
 use sophia_shared::jobs::store::JobStore;
 use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage};
 use sophia_shared::observability::{MetricSet, RequestContext, TraceContext};

@@ -22,14 +22,17 @@ use tokens::{KeyRing, TokenError, TokenPolicy};
 pub const SCOPE_CHAT: &str = "chat";
 pub const SCOPE_JOBS: &str = "jobs";
 pub const SCOPE_MEMORY: &str = "memory";
+/// Tool calls through the MCP gateway.
+pub const SCOPE_TOOLS: &str = "tools";
 /// A tenant's own administration: keys, audit log, flags.
 pub const SCOPE_ADMIN: &str = "admin";
 /// The platform operator: tenants' quotas.
 pub const SCOPE_PLATFORM: &str = "platform";
-pub const ALL_SCOPES: [&str; 5] = [
+pub const ALL_SCOPES: [&str; 6] = [
     SCOPE_CHAT,
     SCOPE_JOBS,
     SCOPE_MEMORY,
+    SCOPE_TOOLS,
     SCOPE_ADMIN,
     SCOPE_PLATFORM,
 ];

@@ -143,11 +143,13 @@ pub fn json_response<T: Serialize>(
         .map_err(|error| ApiError::internal(format!("building a response: {error}")))
 }
 
-/// The caller's address as API Gateway or the function URL saw it. Never taken
+/// The caller's address as API Gateway saw it (or the function URL locally). Never taken
 /// from `X-Forwarded-For`, which the client controls.
 pub(crate) fn client_ip(request: &Request) -> String {
     use lambda_http::request::RequestContext;
     match request.request_context_ref() {
+        // The REST API (the deployed API) and function URLs (`cargo lambda watch`).
+        Some(RequestContext::ApiGatewayV1(context)) => context.identity.source_ip.clone(),
         Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
         _ => None,
     }

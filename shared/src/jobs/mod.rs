@@ -25,6 +25,7 @@
 //! This module holds the record and its identity; [`store`] holds the writes.
 
 pub mod store;
+pub mod submit;
 
 use std::fmt::Write as _;
 

@@ -41,12 +41,15 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create an API key with every scope for a tenant and save it.
+    /// Create an API key for a tenant (every scope unless `--scopes`) and save it.
     BootstrapKey {
         #[arg(long, default_value = "dev")]
         tenant: String,
         #[arg(long)]
         out: PathBuf,
+        /// Comma-separated scopes; every scope when absent.
+        #[arg(long)]
+        scopes: Option<String>,
     },
     /// Feed a queue to a function like Lambda's SQS event source (runs until stopped).
     EventSource {
@@ -72,7 +75,11 @@ async fn main() -> ExitCode {
     let Args { command } = Args::parse();
     let env = Env::new(&ProcessEnv);
     let outcome = match command {
-        Command::BootstrapKey { tenant, out } => bootstrap_key(&env, &tenant, &out).await,
+        Command::BootstrapKey {
+            tenant,
+            out,
+            scopes,
+        } => bootstrap_key(&env, &tenant, &out, scopes.as_deref()).await,
         Command::EventSource {
             queue_url,
             function,
@@ -90,11 +97,25 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn bootstrap_key(env: &Env<'_>, tenant: &str, out: &PathBuf) -> Result<(), String> {
+async fn bootstrap_key(
+    env: &Env<'_>,
+    tenant: &str,
+    out: &PathBuf,
+    scopes: Option<&str>,
+) -> Result<(), String> {
     let table = env.required("AUTH_TABLE").map_err(|e| e.to_string())?;
     let sdk = load_sdk_config(AwsSettings::from_env(env).map_err(|e| e.to_string())?).await;
     let store = AuthStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-    let scopes: Vec<String> = ALL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let scopes: Vec<String> = match scopes {
+        None => ALL_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+    };
+    if let Some(unknown) = scopes.iter().find(|s| !ALL_SCOPES.contains(&s.as_str())) {
+        return Err(format!(
+            "unknown scope {unknown:?}; known: {}",
+            ALL_SCOPES.join(", ")
+        ));
+    }
     let (record, key) = store
         .create_api_key(tenant, &scopes, "make dev bootstrap key")
         .await

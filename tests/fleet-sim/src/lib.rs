@@ -24,12 +24,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -59,7 +58,7 @@ impl Default for Behaviour {
             ttft_ms: 0,
             tokens_per_sec: 0,
             completion_tokens: 12,
-            embedding_dims: 16,
+            embedding_dims: 64,
             model: "sophia-small".to_owned(),
         }
     }
@@ -113,6 +112,9 @@ struct Control {
 pub struct Sim {
     control: Mutex<Control>,
     pub counters: Counters,
+    /// The body of the last inference request, as received (tests check what
+    /// was forwarded).
+    last_request: std::sync::Mutex<Option<Value>>,
 }
 
 impl Sim {
@@ -134,7 +136,7 @@ impl Sim {
         fault
     }
 
-    async fn behaviour(&self) -> Behaviour {
+    pub(crate) async fn behaviour(&self) -> Behaviour {
         self.control.lock().await.behaviour.clone()
     }
 
@@ -166,6 +168,23 @@ impl Sim {
                 "connections_aborted": c.connections_aborted.load(Ordering::Relaxed),
             },
         })
+    }
+
+    /// The body of the last chat or embeddings request.
+    pub fn last_request(&self) -> Option<Value> {
+        self.last_request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn keep_request(&self, body: &[u8]) {
+        if let Ok(value) = serde_json::from_slice::<Value>(body) {
+            *self
+                .last_request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        }
     }
 
     /// Sets the fault directly (in-process tests).
@@ -255,6 +274,13 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<SimServer> {
     })
 }
 
+pub mod chat;
+pub mod embeddings;
+
+use chat::chat_completions;
+pub use embeddings::embed;
+use embeddings::embeddings;
+
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -270,9 +296,9 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .with_state(sim)
 }
 
-type SimState = State<Arc<Sim>>;
+pub(crate) type SimState = State<Arc<Sim>>;
 
-fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
+pub(crate) fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
     (
         status,
         Json(json!({ "error": { "message": message, "type": kind, "code": status.as_u16() } })),
@@ -281,7 +307,7 @@ fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 /// What a fault turns a request into, if it does not let it through.
-enum Faulted {
+pub(crate) enum Faulted {
     Respond(Response),
     /// Abort the connection without an answer.
     Abort,
@@ -340,14 +366,18 @@ async fn apply_fault(sim: &Sim) -> Faulted {
 
 /// An error body makes hyper abort the connection: the client sees a reset or an
 /// incomplete message, never a well-formed answer.
-fn aborted() -> Response {
+pub(crate) fn aborted() -> Response {
     Body::from_stream(futures_util::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("injected connection abort"))
     }))
     .into_response()
 }
 
-async fn gate(sim: &Sim, headers: &HeaderMap, needs_auth: bool) -> Result<Faulted, Response> {
+pub(crate) async fn gate(
+    sim: &Sim,
+    headers: &HeaderMap,
+    needs_auth: bool,
+) -> Result<Faulted, Response> {
     sim.counters.requests.fetch_add(1, Ordering::Relaxed);
     let faulted = apply_fault(sim).await;
     if needs_auth && !sim.authorized(headers).await {
@@ -387,287 +417,6 @@ async fn models(State(sim): SimState, headers: HeaderMap) -> Response {
             .into_response()
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    model: Option<String>,
-    #[serde(default)]
-    messages: Vec<Value>,
-    #[serde(default)]
-    stream: bool,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    stream_options: Option<Value>,
-}
-
-fn words_of(messages: &[Value]) -> (u32, String) {
-    let mut count = 0u32;
-    let mut last_user = String::new();
-    for message in messages {
-        let text = match &message["content"] {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        count = count.saturating_add(text.split_whitespace().count() as u32 + 4);
-        if message["role"] == "user" {
-            last_user = text;
-        }
-    }
-    (count, last_user)
-}
-
-/// The completion: deterministic words derived from the prompt, so tests can check
-/// that an answer belongs to its request.
-fn completion_words(last_user: &str, n: u32) -> Vec<String> {
-    let source: Vec<&str> = last_user.split_whitespace().collect();
-    (0..n as usize)
-        .map(|i| match source.get(i % source.len().max(1)) {
-            Some(word) if i < source.len() => (*word).to_owned(),
-            _ => format!("token{i}"),
-        })
-        .collect()
-}
-
-async fn chat_completions(State(sim): SimState, request: Request) -> Response {
-    let headers = request.headers().clone();
-    let faulted = match gate(&sim, &headers, true).await {
-        Err(response) => return response,
-        Ok(Faulted::Respond(response)) => return response,
-        Ok(Faulted::Abort) => return aborted(),
-        Ok(pass) => pass,
-    };
-    let Ok(body) = axum::body::to_bytes(request.into_body(), 4 * 1024 * 1024).await else {
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "unreadable body",
-        );
-    };
-    let chat: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(chat) => chat,
-        Err(error) => {
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("invalid JSON: {error}"),
-            );
-        }
-    };
-    if chat.messages.is_empty() {
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "messages is empty",
-        );
-    }
-    let behaviour = sim.behaviour().await;
-    let Faulted::Pass { drop_after, delay } = faulted else {
-        return aborted();
-    };
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
-    }
-    if behaviour.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
-    }
-    let (prompt_tokens, last_user) = words_of(&chat.messages);
-    let cap = chat
-        .max_completion_tokens
-        .or(chat.max_tokens)
-        .unwrap_or(u32::MAX);
-    let n = behaviour.completion_tokens.min(cap).max(1);
-    let words = completion_words(&last_user, n);
-    let model = chat.model.unwrap_or(behaviour.model.clone());
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": n,
-        "total_tokens": prompt_tokens + n,
-    });
-    if !chat.stream {
-        sim.counters.completions.fetch_add(1, Ordering::Relaxed);
-        return Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": words.join(" ") },
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
-        }))
-        .into_response();
-    }
-    sim.counters.streams.fetch_add(1, Ordering::Relaxed);
-    let include_usage = chat
-        .stream_options
-        .as_ref()
-        .and_then(|options| options["include_usage"].as_bool())
-        .unwrap_or(false);
-    let chunk = move |delta: Value, finish: Value| {
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-        })
-    };
-    let mut events: Vec<Value> = vec![chunk(
-        json!({ "role": "assistant", "content": "" }),
-        Value::Null,
-    )];
-    for (i, word) in words.iter().enumerate() {
-        let text = if i == 0 {
-            word.clone()
-        } else {
-            format!(" {word}")
-        };
-        events.push(chunk(json!({ "content": text }), Value::Null));
-    }
-    let mut last = chunk(json!({}), json!("stop"));
-    if include_usage {
-        last["usage"] = Value::Null;
-    }
-    events.push(last);
-    if include_usage {
-        let mut usage_chunk = chunk(json!({}), Value::Null);
-        usage_chunk["choices"] = json!([]);
-        usage_chunk["usage"] = usage;
-        events.push(usage_chunk);
-    }
-    let ttft = Duration::from_millis(behaviour.ttft_ms);
-    let pace = (behaviour.tokens_per_sec > 0)
-        .then(|| Duration::from_micros(1_000_000 / behaviour.tokens_per_sec));
-    let frames = futures_util::stream::iter(events.into_iter().enumerate()).then(
-        move |(i, event)| async move {
-            if i == 0 && !ttft.is_zero() {
-                tokio::time::sleep(ttft).await;
-            } else if let Some(pace) = pace.filter(|_| i > 0) {
-                tokio::time::sleep(pace).await;
-            }
-            if drop_after.is_some_and(|limit| i as u32 >= limit) {
-                // Let hyper flush what was sent so far; then cut the connection.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return Err(std::io::Error::other("injected stream drop"));
-            }
-            Ok::<Bytes, std::io::Error>(Bytes::from(format!("data: {event}\n\n")))
-        },
-    );
-    let done = futures_util::stream::once(async { Ok(Bytes::from_static(b"data: [DONE]\n\n")) });
-    let body = Body::from_stream(frames.chain(done));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
-}
-
-#[derive(Debug, Deserialize)]
-struct EmbeddingsRequest {
-    model: Option<String>,
-    input: Value,
-}
-
-/// A deterministic unit vector per input text (FNV-1a seeded), so similar-recall
-/// tests get stable results.
-pub fn embed(text: &str, dims: usize) -> Vec<f32> {
-    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        state ^= u64::from(byte);
-        state = state.wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut vector: Vec<f32> = (0..dims)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    let norm = vector
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
-    for x in &mut vector {
-        *x /= norm;
-    }
-    vector
-}
-
-async fn embeddings(State(sim): SimState, headers: HeaderMap, body: Bytes) -> Response {
-    let faulted = match gate(&sim, &headers, true).await {
-        Err(response) | Ok(Faulted::Respond(response)) => return response,
-        Ok(Faulted::Abort) => return aborted(),
-        Ok(pass) => pass,
-    };
-    if let Faulted::Pass {
-        delay: Some(delay), ..
-    } = faulted
-    {
-        tokio::time::sleep(delay).await;
-    }
-    let request: EmbeddingsRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &format!("invalid JSON: {error}"),
-            );
-        }
-    };
-    let inputs: Vec<String> = match request.input {
-        Value::String(text) => vec![text],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| item.to_string())
-            })
-            .collect(),
-        _ => {
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "input must be a string or an array of strings",
-            );
-        }
-    };
-    let behaviour = sim.behaviour().await;
-    if behaviour.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
-    }
-    sim.counters.embeddings.fetch_add(1, Ordering::Relaxed);
-    let tokens: usize = inputs
-        .iter()
-        .map(|text| text.split_whitespace().count())
-        .sum();
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, text)| json!({ "object": "embedding", "index": index, "embedding": embed(text, behaviour.embedding_dims) }))
-        .collect();
-    Json(json!({
-        "object": "list",
-        "data": data,
-        "model": request.model.unwrap_or(behaviour.model),
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    }))
-    .into_response()
 }
 
 async fn control_state(State(sim): SimState) -> Response {

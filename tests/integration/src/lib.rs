@@ -20,6 +20,7 @@ use serde_json::Value;
 use sophia_shared::aws::{AwsSettings, configure};
 use sophia_shared::config::Env;
 
+pub mod chat;
 pub mod jobs;
 
 pub const REGION: &str = "us-east-1";
@@ -231,7 +232,7 @@ pub fn json_request(
     }
 }
 
-/// Serves `handle_streaming` of api-chat over real HTTP on a free loopback port,
+/// Serves api-chat over real HTTP on a free loopback port,
 /// the way a function URL would, so real clients (the OpenAI SDK) can call it.
 /// The server stops when the returned handle is dropped.
 pub async fn serve_chat_over_http(
@@ -254,7 +255,7 @@ pub async fn serve_chat_over_http(
             let mut lambda_request =
                 http::Request::from_parts(parts, lambda_http::Body::from(bytes.to_vec()));
             *lambda_request.uri_mut() = path.parse().expect("path");
-            let response = api_chat::handler::handle_streaming(&deps, lambda_request).await;
+            let response = api_chat::handler::handle(&deps, lambda_request).await;
             let (parts, body) = response.into_parts();
             let frames = body
                 .into_data_stream()
@@ -270,6 +271,49 @@ pub async fn serve_chat_over_http(
         let _ = axum::serve(listener, app).await;
     });
     (addr, task)
+}
+
+/// A response with its whole body collected, as API Gateway's buffered mode
+/// would pass it on (the streamed functions' answers, for assertions).
+pub async fn whole<B>(response: http::Response<B>) -> lambda_http::Response<lambda_http::Body>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("reading the body").to_bytes();
+    lambda_http::Response::from_parts(parts, lambda_http::Body::Binary(bytes.to_vec()))
+}
+
+/// api-chat's answer to `request`, collected.
+pub async fn chat_handle(
+    deps: &api_chat::handler::Deps,
+    request: lambda_http::Request,
+) -> lambda_http::Response<lambda_http::Body> {
+    whole(api_chat::handler::handle(deps, request).await).await
+}
+
+/// The items of `tenant` in the stack's usage table whose sort key starts with
+/// `prefix` (`usage#` per day and model, `daily#` the quota counters).
+pub async fn usage_items(
+    stack: &Provisioned,
+    tenant: &str,
+    prefix: &str,
+) -> Vec<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await)
+        .query()
+        .table_name(stack.env("USAGE_TABLE"))
+        .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("tenant#{tenant}")))
+        .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("querying usage")
+        .items()
+        .to_vec()
 }
 
 /// A valid access token for `tenant` with `scopes`, signed with the stack's

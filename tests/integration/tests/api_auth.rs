@@ -8,8 +8,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use api_auth::handler::{Deps as AuthDeps, handle as auth};
-use api_chat::handler::{Deps as ChatDeps, handle as chat};
+use api_chat::handler::Deps as ChatDeps;
 use base64::Engine;
+use harness::chat_handle as chat;
 use harness::{
     Provisioned, body_json, json_request, local_aws, sdk_config_for, start_sim, unique_stack,
     with_bearer,
@@ -35,9 +36,7 @@ async fn stack() -> Stack {
     env.remove("FLEET_TOKEN_SECRET");
     let sdk = sdk_config_for(&local_aws().endpoint).await;
     let auth = AuthDeps::from_env(&Env::new(&env), &sdk).await.unwrap();
-    let chat = ChatDeps::from_env("api-chat", &Env::new(&env), &sdk)
-        .await
-        .unwrap();
+    let chat = ChatDeps::from_env(&Env::new(&env), &sdk).await.unwrap();
     let store = AuthStore::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         stack.env("AUTH_TABLE").to_owned(),

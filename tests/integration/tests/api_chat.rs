@@ -4,148 +4,21 @@
 // Test code: a failed expectation should fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use api_chat::handler::{Deps, handle, handle_streaming};
+use api_chat::handler::handle as handle_streaming;
 use aws_sdk_dynamodb::types::AttributeValue;
-use fleet_sim::{Behaviour, Fault, FaultMode, SimServer};
-use harness::{
-    Provisioned, body_json, dead_endpoint, json_request, local_aws, sdk_config_for, start_sim,
-    unique_stack,
+use fleet_sim::{Behaviour, Fault, FaultMode};
+use harness::chat::{
+    PATH, body_text, calls, chat, completion, deps_for, fault, fleet_list, setup, stream, streamed,
 };
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use harness::chat_handle as handle;
+use harness::{body_json, dead_endpoint, json_request, local_aws, start_sim, unique_stack};
+use serde_json::json;
 use sophia_shared::config::Env;
 use sophia_shared::fleet::breaker::BreakerState;
 use sophia_shared::fleet::health::{EndpointStatus, SharedHealth};
-
-const PATH: &str = "/v1/chat/completions";
-
-fn completion(text: &str) -> Value {
-    json!({"model": "sophia-small", "messages": [{"role": "user", "content": text}], "max_tokens": 8})
-}
-
-fn streamed(text: &str) -> Value {
-    let mut body = completion(text);
-    body["stream"] = json!(true);
-    body
-}
-
-/// Fast timeouts so that failure scenarios take milliseconds, not seconds.
-const FAST: [(&str, &str); 6] = [
-    ("FLEET_ATTEMPT_TIMEOUT_MS", "300"),
-    ("FLEET_TTFT_TIMEOUT_MS", "300"),
-    ("FLEET_IDLE_TIMEOUT_MS", "500"),
-    ("FLEET_BACKOFF_BASE_MS", "5"),
-    ("FLEET_BACKOFF_CAP_MS", "20"),
-    ("FLEET_HEALTH_CACHE_MS", "1000"),
-];
-
-/// api-chat's dependencies and a valid token of tenant `tenant-a` with scope `chat`.
-struct Chat {
-    deps: Deps,
-    token: String,
-}
-
-impl std::ops::Deref for Chat {
-    type Target = Deps;
-    fn deref(&self) -> &Deps {
-        &self.deps
-    }
-}
-
-impl Chat {
-    fn authorize(&self, request: lambda_http::Request) -> lambda_http::Request {
-        harness::with_bearer(request, &self.token)
-    }
-}
-
-struct Setup {
-    stack: Provisioned,
-    sims: Vec<SimServer>,
-    deps: Chat,
-}
-
-fn fleet_list(urls: &[String]) -> String {
-    let names = ["primary", "secondary", "tertiary"];
-    urls.iter()
-        .enumerate()
-        .map(|(i, url)| format!("{}={url}", names[i]))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-async fn deps_for(stack: &Provisioned, fleet: &str, extra: &[(&str, &str)]) -> Chat {
-    let mut env: HashMap<String, String> = stack.env_with(&[("FLEET_ENDPOINTS", fleet)]);
-    for (k, v) in FAST.iter().chain(extra) {
-        env.insert((*k).to_owned(), (*v).to_owned());
-    }
-    // The simulators run without auth unless a test turns it on.
-    if !extra.iter().any(|(k, _)| *k == "FLEET_TOKEN_SECRET") {
-        env.remove("FLEET_TOKEN_SECRET");
-    }
-    let sdk = sdk_config_for(&local_aws().endpoint).await;
-    let deps = Deps::from_env(api_chat::handler::STREAMING_SERVICE, &Env::new(&env), &sdk)
-        .await
-        .unwrap();
-    Chat {
-        deps,
-        token: harness::issue_token(stack, "tenant-a", &["chat"]).await,
-    }
-}
-
-async fn setup(sims: usize, extra: &[(&str, &str)]) -> Setup {
-    let stack = local_aws().provision(&unique_stack("chat"), &[]);
-    let mut servers = Vec::new();
-    for _ in 0..sims {
-        servers.push(start_sim().await);
-    }
-    let urls: Vec<String> = servers.iter().map(SimServer::base_url).collect();
-    let deps = deps_for(&stack, &fleet_list(&urls), extra).await;
-    Setup {
-        stack,
-        sims: servers,
-        deps,
-    }
-}
-
-fn calls(sim: &SimServer) -> u64 {
-    sim.requests()
-}
-
-async fn fault(sim: &SimServer, mode: FaultMode) {
-    sim.sim
-        .set_fault(Fault {
-            mode,
-            ..Fault::default()
-        })
-        .await;
-}
-
-async fn chat(deps: &Chat, body: &Value) -> (u16, Value, Duration) {
-    let started = Instant::now();
-    let response = handle(deps, deps.authorize(json_request("POST", PATH, body, None))).await;
-    let elapsed = started.elapsed();
-    (response.status().as_u16(), body_json(&response), elapsed)
-}
-
-async fn stream(deps: &Chat, body: &Value, deadline: Option<Duration>) -> (u16, String, Duration) {
-    let started = Instant::now();
-    let response = handle_streaming(
-        deps,
-        deps.authorize(json_request("POST", PATH, body, deadline)),
-    )
-    .await;
-    let status = response.status().as_u16();
-    (status, body_text(response).await, started.elapsed())
-}
-
-async fn body_text(response: http::Response<api_chat::handler::StreamingBody>) -> String {
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
 
 #[tokio::test]
 async fn a_completion_is_answered_and_its_usage_recorded() {
@@ -162,17 +35,8 @@ async fn a_completion_is_answered_and_its_usage_recorded() {
     let completion_tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
     assert_eq!(completion_tokens, 8, "max_tokens reached the fleet");
 
-    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws().sdk_config().await);
-    let items = dynamodb
-        .query()
-        .table_name(s.stack.env("USAGE_TABLE"))
-        .key_condition_expression("pk = :pk AND begins_with(sk, :usage)")
-        .expression_attribute_values(":pk", AttributeValue::S("tenant#tenant-a".into()))
-        .expression_attribute_values(":usage", AttributeValue::S("usage#".into()))
-        .send()
-        .await
-        .unwrap();
-    let item = &items.items()[0];
+    let items = harness::usage_items(&s.stack, "tenant-a", "usage#").await;
+    let item = &items[0];
     let number = |name: &str| item[name].as_n().unwrap().parse::<f64>().unwrap();
     assert_eq!(number("requests"), 1.0);
     assert_eq!(number("completion_tokens"), 8.0);
@@ -198,7 +62,14 @@ async fn invalid_requests_get_4xx_problems_and_never_reach_the_fleet() {
             json!({"model": "sophia-small", "max_tokens": 1000000, "messages": [{"role": "user", "content": "x"}]}),
             400,
         ),
-        (streamed("x"), 400),
+        (
+            json!({"model": "sophia-small", "stream": true, "stream_options": {"bogus": 1}, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+        ),
+        (
+            json!({"model": "sophia-small", "store": true, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+        ),
         (json!([1, 2, 3]), 400),
     ];
     for (body, expected) in cases {
@@ -272,7 +143,10 @@ async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open(
             "paid the attempt timeout: {elapsed:?}"
         );
     }
-    assert_eq!(s.deps.fleet.snapshot()[0].breaker, BreakerState::Open);
+    assert_eq!(
+        s.deps.inference.fleet.snapshot()[0].breaker,
+        BreakerState::Open
+    );
     let primary_calls = calls(primary);
     for _ in 0..5 {
         let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
@@ -299,7 +173,10 @@ async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open(
         "the half-open probe went to the primary"
     );
     assert_eq!(calls(secondary), before);
-    assert_eq!(s.deps.fleet.snapshot()[0].breaker, BreakerState::Closed);
+    assert_eq!(
+        s.deps.inference.fleet.snapshot()[0].breaker,
+        BreakerState::Closed
+    );
 }
 
 #[tokio::test]
@@ -677,12 +554,12 @@ async fn every_endpoint_down_is_a_503_naming_no_internals() {
 }
 
 #[tokio::test]
-async fn the_official_openai_sdk_works_unchanged() {
+async fn the_official_openai_sdk_and_langchain_work_unchanged_on_one_base_url() {
     let s = setup(1, &[]).await;
     let token = s.deps.token.clone();
     let (addr, _server) = harness::serve_chat_over_http(std::sync::Arc::new(s.deps.deps)).await;
     let output = tokio::process::Command::new(harness::python())
-        .arg(harness::workspace_root().join("tests/integration/openai_sdk_check.py"))
+        .arg(harness::workspace_root().join("tests/integration/openai_clients_check.py"))
         .arg(format!("http://{addr}/v1"))
         .arg(&token)
         .output()
@@ -690,7 +567,7 @@ async fn the_official_openai_sdk_works_unchanged() {
         .unwrap();
     assert!(
         output.status.success(),
-        "openai SDK check failed:\n{}\n{}",
+        "OpenAI clients check failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -712,7 +589,7 @@ async fn sample_events_get_their_documented_answers() {
     let response = handle_streaming(
         &s.deps,
         s.deps
-            .authorize(harness::http_event("api-chat-stream", "stream.json")),
+            .authorize(harness::http_event("api-chat", "stream.json")),
     )
     .await;
     assert_eq!(response.status(), 200);
@@ -723,14 +600,26 @@ async fn sample_events_get_their_documented_answers() {
         "{text}"
     );
 
-    let response = handle_streaming(
+    let response = handle(
         &s.deps,
         s.deps
-            .authorize(harness::http_event("api-chat-stream", "completion.json")),
+            .authorize(harness::http_event("api-chat", "embeddings.json")),
     )
     .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = body_json(&response);
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["model"], "sophia-embed");
+
+    let response = handle(
+        &s.deps,
+        s.deps
+            .authorize(harness::http_event("api-chat", "models.json")),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_json(&response)["object"], "list");
 }
 
 #[tokio::test]

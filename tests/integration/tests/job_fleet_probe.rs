@@ -82,13 +82,13 @@ async fn a_dead_endpoint_is_marked_down_within_two_runs_and_a_fresh_client_route
     for sim in [&primary, &secondary] {
         sim.sim.set_tokens(vec![]).await;
     }
-    let chat = api_chat::handler::Deps::from_env("api-chat", &Env::new(&chat_env), &sdk)
+    let chat = api_chat::handler::Deps::from_env(&Env::new(&chat_env), &sdk)
         .await
         .unwrap();
     let access = issue_token(&stack, "tenant-a", &["chat"]).await;
     let body = json!({"model": "sophia-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
     let started = Instant::now();
-    let response = api_chat::handler::handle(
+    let response = harness::chat_handle(
         &chat,
         with_bearer(
             json_request("POST", "/v1/chat/completions", &body, None),

@@ -141,7 +141,7 @@ async fn the_fleet_token_rotates_twice_with_no_failed_chat_request() {
     let env = stack.env_with(&[("FLEET_ENDPOINTS", &fleet)]);
     let sdk = sdk_config_for(&local_aws().endpoint).await;
     let deps = Deps::from_env(&Env::new(&env), &sdk).unwrap();
-    let chat = api_chat::handler::Deps::from_env("api-chat", &Env::new(&env), &sdk)
+    let chat = api_chat::handler::Deps::from_env(&Env::new(&env), &sdk)
         .await
         .unwrap();
     let access = issue_token(&stack, "tenant-a", &["chat"]).await;
@@ -152,10 +152,7 @@ async fn the_fleet_token_rotates_twice_with_no_failed_chat_request() {
             json_request("POST", "/v1/chat/completions", &body, None),
             &access,
         );
-        let status = api_chat::handler::handle(&chat, request)
-            .await
-            .status()
-            .as_u16();
+        let status = harness::chat_handle(&chat, request).await.status().as_u16();
         statuses.borrow_mut().push(status);
     };
     one_chat().await;

@@ -331,13 +331,12 @@ async fn chat_becomes_a_job_when_asked_or_when_the_fleet_is_down_and_the_caller_
     let sim = start_sim().await;
     let sdk = local_aws().sdk_config().await;
     let mut env = env_for(&stack, &sim, &[]);
-    let chat = api_chat::handler::Deps::from_env(api_chat::handler::SERVICE, &Env::new(&env), &sdk)
+    let chat = api_chat::handler::Deps::from_env(&Env::new(&env), &sdk)
         .await
         .unwrap();
     let token = harness::issue_token(&stack, "tenant-a", &["chat", "jobs"]).await;
     // respond-async: always a job.
-    let response =
-        api_chat::handler::handle(&chat, chat_request(&token, Some("respond-async"))).await;
+    let response = harness::chat_handle(&chat, chat_request(&token, Some("respond-async"))).await;
     assert_eq!(response.headers()["preference-applied"], "respond-async");
     job_id(&response);
     assert_eq!(sim.sim.counters.completions.load(Ordering::SeqCst), 0);
@@ -348,19 +347,18 @@ async fn chat_becomes_a_job_when_asked_or_when_the_fleet_is_down_and_the_caller_
         format!("primary={}", harness::dead_endpoint()),
     );
     env.insert("FLEET_ATTEMPT_TIMEOUT_MS".into(), "300".into());
-    let down = api_chat::handler::Deps::from_env(api_chat::handler::SERVICE, &Env::new(&env), &sdk)
+    let down = api_chat::handler::Deps::from_env(&Env::new(&env), &sdk)
         .await
         .unwrap();
-    let plain = api_chat::handler::handle(&down, chat_request(&token, None)).await;
+    let plain = harness::chat_handle(&down, chat_request(&token, None)).await;
     assert_eq!(plain.status(), 503);
-    let response =
-        api_chat::handler::handle(&down, chat_request(&token, Some("async-fallback"))).await;
+    let response = harness::chat_handle(&down, chat_request(&token, Some("async-fallback"))).await;
     assert_eq!(response.headers()["preference-applied"], "async-fallback");
     job_id(&response);
 
     // A token without the jobs scope cannot create jobs through chat either.
     let chat_only = harness::issue_token(&stack, "tenant-a", &["chat"]).await;
     let refused =
-        api_chat::handler::handle(&chat, chat_request(&chat_only, Some("respond-async"))).await;
+        harness::chat_handle(&chat, chat_request(&chat_only, Some("respond-async"))).await;
     assert_eq!(refused.status(), 403);
 }

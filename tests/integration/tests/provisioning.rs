@@ -264,3 +264,87 @@ async fn function_environment_comes_from_the_template() {
     );
     assert_eq!(health["READY_CHECK_TIMEOUT_MS"], "800");
 }
+
+/// Each function cold-starts with exactly the environment the template gives it
+/// (Globals and its own variables; `make dev` shares one merged file, which
+/// would hide a variable set on one function and needed by another).
+#[tokio::test]
+async fn every_function_starts_with_only_its_own_template_environment() {
+    use std::collections::HashMap;
+
+    use sophia_shared::config::Env;
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("envs"), &[]);
+    let sdk = aws.sdk_config().await;
+    let functions = stack.report["functions"].as_object().unwrap();
+    let env_of = |name: &str| -> HashMap<String, String> {
+        functions
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the template"))
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect()
+    };
+    let mut started = Vec::new();
+    macro_rules! starts {
+        ($name:literal, $build:expr) => {{
+            let env = env_of($name);
+            let env = Env::new(&env);
+            let result = $build(&env).await;
+            if let Err(error) = result {
+                panic!(
+                    "{} does not start from its template environment: {error}",
+                    $name
+                );
+            }
+            started.push($name);
+        }};
+    }
+    starts!("api-health", |env: &Env<'_>| {
+        let config = api_health::handler::HealthConfig::from_env(env);
+        async move { config.map(|_| ()) }
+    });
+    starts!("api-auth", |env| api_auth::handler::Deps::from_env(
+        env, &sdk
+    ));
+    starts!("api-admin", |env| api_admin::handler::Deps::from_env(
+        env, &sdk
+    ));
+    starts!("api-chat", |env| api_chat::handler::Deps::from_env(
+        env, &sdk
+    ));
+    starts!("api-jobs", |env| api_jobs::handler::Deps::from_env(
+        env, &sdk
+    ));
+    starts!("worker-inference", |env| {
+        let deps = worker_inference::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    starts!("job-queue-sweep", |env| {
+        let deps = job_queue_sweep::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    starts!("job-drift-detect", |env| {
+        let deps = job_drift_detect::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    starts!("job-fleet-probe", |env| {
+        let deps = job_fleet_probe::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    starts!("job-secret-rotate", |env| {
+        let deps = job_secret_rotate::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    starts!("job-slo-check", |env| {
+        let deps = job_slo_check::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
+    assert_eq!(
+        started.len(),
+        functions.len(),
+        "every function in the template is checked"
+    );
+}

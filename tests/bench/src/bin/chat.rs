@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use api_chat::handler::{Deps, SERVICE, handle};
+use api_chat::handler::Deps;
 use aws_config::{BehaviorVersion, Region};
 use axum::http::HeaderMap;
 use clap::Parser;
@@ -98,9 +98,7 @@ async fn deps(fleet: &str, dynamodb: &str, extra: &[(&str, &str)]) -> Deps {
         .test_credentials()
         .load()
         .await;
-    Deps::from_env(SERVICE, &Env::new(&env), &sdk)
-        .await
-        .unwrap()
+    Deps::from_env(&Env::new(&env), &sdk).await.unwrap()
 }
 
 fn token() -> String {
@@ -359,4 +357,12 @@ async fn main() {
     eprintln!(
         "rate-limit decision (GCRA arithmetic, excluding its DynamoDB write): {per_decision:.1} ns each (black-boxed)"
     );
+}
+
+/// api-chat's answer with its whole body read, as a caller receives it.
+async fn handle(deps: &Deps, request: lambda_http::Request) -> http::Response<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let (parts, body) = api_chat::handler::handle(deps, request).await.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    http::Response::from_parts(parts, bytes)
 }

@@ -5,12 +5,14 @@
 //! instances never lose an increment and the dashboard reads a day with one Query.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
+use crate::clock::utc_date;
+use crate::config::ConfigError;
+use crate::guard::quota::Quotas;
+use crate::observability::MetricSet;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 use serde::Deserialize;
-use sophia_shared::clock::utc_date;
-use sophia_shared::config::ConfigError;
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -57,6 +59,54 @@ impl PriceTable {
     }
 }
 
+/// Quota, usage and cost accounting of answered requests, shared by every
+/// route and tool that calls the fleet.
+#[derive(Debug, Clone)]
+pub struct Billing {
+    /// The function billing, as the `Service` metric dimension.
+    pub service: &'static str,
+    pub prices: PriceTable,
+    pub usage: UsageRecorder,
+    pub quotas: Arc<Quotas>,
+}
+
+impl Billing {
+    /// Records the usage of one answer: tokens and cost in the usage table,
+    /// tokens against the daily quota, and as metrics. A failure is logged with
+    /// the figures (so it can be replayed) but does not fail an answer the
+    /// caller already has.
+    pub async fn account(&self, tenant: &str, model: &str, usage: &Usage) {
+        let cost = self.prices.cost_micro_usd(model, usage);
+        MetricSet::new("Sophia")
+            .dimension("Service", self.service)
+            .dimension("Model", model)
+            .count("PromptTokens", usage.prompt_tokens as f64)
+            .count("CompletionTokens", usage.completion_tokens as f64)
+            .count("CostMicroUsd", cost)
+            .property("tenant", tenant)
+            .emit();
+        let tokens = usage.prompt_tokens + usage.completion_tokens;
+        let (recorded, counted) = futures_util::join!(
+            self.usage.record(tenant, model, usage, cost),
+            self.quotas.add_tokens(tenant, tokens),
+        );
+        if let Err(error) = counted {
+            tracing::error!(%error, tenant, tokens, "counting tokens against the quota failed");
+        }
+        if let Err(error) = recorded {
+            tracing::error!(
+                %error,
+                tenant,
+                model,
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                cost_micro_usd = cost,
+                "recording usage failed"
+            );
+        }
+    }
+}
+
 /// The `usage` object of an OpenAI-compatible answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -90,7 +140,7 @@ impl UsageRecorder {
         let update = self
             .update(tenant, model, usage, cost_micro_usd)
             .map_err(|error| error.to_string())?;
-        sophia_shared::aws::dynamo::apply(&self.dynamodb, update).await
+        crate::aws::dynamo::apply(&self.dynamodb, update).await
     }
 
     /// The usage increment as an update, for [`Self::record`] and for transactions
@@ -102,10 +152,7 @@ impl UsageRecorder {
         usage: &Usage,
         cost_micro_usd: f64,
     ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::now_secs();
         Update::builder()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))

@@ -4,10 +4,10 @@
 // Test code: a failed expectation should fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use api_chat::request::{ChatRequest, Limits};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sophia_shared::http::request::parse_json;
+use sophia_shared::inference::chat::{ChatRequest, Limits};
 
 fn limits() -> Limits {
     Limits {

@@ -4,16 +4,14 @@
 //! The answer is `202 Accepted` with `Location: /v1/jobs/{id}`; the job's state is
 //! read there. `Idempotency-Key` makes a submission safe to repeat.
 
+use crate::auth::{Principal, SCOPE_JOBS};
+use crate::guard::quota::Quotas;
+use crate::jobs::store::JobStore;
+use crate::jobs::{NewJob, idempotency_key, job_id};
+use crate::observability::MetricSet;
+use crate::problem::ApiError;
 use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
-use sophia_shared::auth::{Principal, SCOPE_JOBS};
-use sophia_shared::guard::quota::Quotas;
-use sophia_shared::jobs::store::JobStore;
-use sophia_shared::jobs::{NewJob, idempotency_key, job_id};
-use sophia_shared::observability::MetricSet;
-use sophia_shared::problem::ApiError;
-
-use crate::request::ChatRequest;
 
 /// `Prefer: respond-async` (RFC 7240): always answer with a job.
 pub const RESPOND_ASYNC: &str = "respond-async";
@@ -32,25 +30,39 @@ pub fn prefers(headers: &HeaderMap, preference: &str) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(preference))
 }
 
+/// A validated chat-completion request, as a job stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRequest<'a> {
+    /// The body the fleet will get.
+    pub upstream: &'a serde_json::Value,
+    pub model: &'a str,
+    /// Whether the caller asked for a stream (refused: a job is not streamed).
+    pub stream: bool,
+}
+
 /// Stores the validated request (`upstream`: the body the fleet will get) as a
 /// job and sends it to the worker. With
 /// `quotas`, a new job counts one request against the tenant's daily quota; a
 /// replayed `Idempotency-Key` (or a refused one) does not.
 pub async fn submit(
     store: &JobStore,
-    upstream: &serde_json::Value,
+    job: JobRequest<'_>,
     principal: &Principal,
-    chat: &ChatRequest,
     headers: &HeaderMap,
     service: &'static str,
     quotas: Option<&Quotas>,
 ) -> Result<Response<Body>, ApiError> {
+    let JobRequest {
+        upstream,
+        model,
+        stream,
+    } = job;
     if !principal.scopes.iter().any(|scope| scope == SCOPE_JOBS) {
         return Err(ApiError::Forbidden {
             scope: SCOPE_JOBS.to_owned(),
         });
     }
-    if chat.stream {
+    if stream {
         return Err(ApiError::invalid(
             "a job's answer is read from GET /v1/jobs/{id}, not streamed; leave stream unset",
         ));
@@ -73,7 +85,7 @@ pub async fn submit(
     let submission = store
         .submit(NewJob {
             tenant: &principal.tenant,
-            model: &chat.model,
+            model,
             request: &request,
             idempotency_key: key.as_deref(),
         })
@@ -100,7 +112,7 @@ pub async fn submit(
             .emit();
     }
     let mut response =
-        sophia_shared::http::request::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
+        crate::http::request::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     response.headers_mut().insert(header::LOCATION, location);

@@ -1,0 +1,182 @@
+//! Server-sent events from the fleet to the caller: the upstream bytes are
+//! re-framed into whole events, the usage chunk the caller did not ask for is
+//! stripped, usage is billed before `[DONE]`, and a broken upstream becomes an
+//! explicit `event: error` (never a silent truncation).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::Frame;
+use sophia_shared::auth::Principal;
+use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
+use sophia_shared::inference::usage::{Billing, Usage};
+
+pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+
+/// Re-frames the upstream bytes into whole SSE events, collects usage, strips the
+/// usage-only chunk the caller did not ask for, records usage before `[DONE]`,
+/// and turns a broken upstream into an error event.
+pub struct Pump {
+    pub upstream: FleetStream,
+    buffer: Vec<u8>,
+    pending: VecDeque<Bytes>,
+    finished: bool,
+    usage: Option<Usage>,
+    wants_usage: bool,
+    billing: Billing,
+    principal: Principal,
+    model: String,
+    correlation_id: String,
+}
+
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+impl Pump {
+    pub fn new(
+        upstream: FleetStream,
+        wants_usage: bool,
+        billing: Billing,
+        principal: Principal,
+        model: String,
+        correlation_id: String,
+    ) -> Self {
+        Self {
+            upstream,
+            buffer: Vec::new(),
+            pending: VecDeque::new(),
+            finished: false,
+            usage: None,
+            wants_usage,
+            billing,
+            principal,
+            model,
+            correlation_id,
+        }
+    }
+
+    pub fn into_stream(self) -> SseStream {
+        let frames = futures_util::stream::unfold(self, |mut pump| async move {
+            let frame = pump.next_frame().await?;
+            Some((Ok(Frame::data(frame)), pump))
+        });
+        Box::pin(frames)
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(frame);
+            }
+            if self.finished {
+                return None;
+            }
+            match self.upstream.next_chunk().await {
+                Some(Ok(chunk)) => {
+                    self.buffer.extend_from_slice(&chunk);
+                    self.drain_events().await;
+                    if !self.finished && self.buffer.len() > MAX_EVENT_BYTES {
+                        self.fail("an upstream event was too large").await;
+                    }
+                }
+                Some(Err(reason)) => self.fail(&reason.to_string()).await,
+                None => self.fail(&StreamBreak::Broken.to_string()).await,
+            }
+        }
+    }
+
+    async fn drain_events(&mut self) {
+        while let Some(end) = find_event_end(&self.buffer) {
+            let event: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&event[..end.0]);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let payload = data.join("\n");
+            if payload == "[DONE]" {
+                self.finish_ok().await;
+                return;
+            }
+            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                self.fail("the model server sent an unreadable event").await;
+                return;
+            };
+            if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                self.usage = serde_json::from_value(usage.clone()).ok();
+                let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty);
+                if usage_only && !self.wants_usage {
+                    continue;
+                }
+            }
+            self.pending
+                .push_back(Bytes::from(format!("data: {payload}\n\n")));
+        }
+    }
+
+    async fn finish_ok(&mut self) {
+        match self.usage {
+            Some(usage) => {
+                self.billing
+                    .account(&self.principal.tenant, &self.model, &usage)
+                    .await
+            }
+            None => {
+                tracing::error!(model = %self.model, "stream ended without usage; nothing billed")
+            }
+        }
+        self.pending
+            .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.finished = true;
+    }
+
+    async fn fail(&mut self, reason: &str) {
+        tracing::warn!(reason, endpoint = %self.upstream.endpoint, "chat stream interrupted");
+        if let Some(usage) = self.usage {
+            self.billing
+                .account(&self.principal.tenant, &self.model, &usage)
+                .await;
+        }
+        let event = serde_json::json!({
+            "error": {
+                "message": format!("the stream was interrupted: {reason}; the answer is incomplete"),
+                "type": "stream_interrupted",
+                "code": "upstream_stream_broken",
+                "correlation_id": self.correlation_id,
+            }
+        });
+        self.pending
+            .push_back(Bytes::from(format!("event: error\ndata: {event}\n\n")));
+        self.finished = true;
+    }
+}
+
+/// Where the first complete event ends: (length of the event, length of the separator).
+fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_of_either_style() {
+        assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
+        assert_eq!(find_event_end(b"data: a\n"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Inference as every route and tool serves it: chat completions, embeddings
+//! and the model list, validated the same way, sent through the fleet client,
+//! and billed to the caller's tenant the same way.
+//!
+//! - [`chat`]: the chat-completion request and its validation;
+//! - [`embeddings`]: the embeddings request, the call, OpenAI's answer shape;
+//! - [`models`]: the model catalog;
+//! - [`usage`]: prices, the usage table, and [`usage::Billing`].
+//!
+//! The REST routes (api-chat), the MCP tools (api-mcp), the memory (api-memory)
+//! and the worker call these functions; none of them calls another over HTTP.
+
+pub mod chat;
+pub mod embeddings;
+pub mod models;
+pub mod openai;
+pub mod usage;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::Env;
+use crate::fleet::client::{FleetClient, FleetReply};
+use crate::fleet::error::FleetError;
+use crate::guard::bulkhead::BulkheadPermit;
+use crate::guard::quota::Quotas;
+use crate::observability::RequestContext;
+use crate::problem::ApiError;
+use crate::startup::InitError;
+use chat::Limits;
+use embeddings::{Embedder, EmbeddingLimits};
+use models::Catalog;
+use usage::{Billing, PriceTable, Usage, UsageRecorder};
+
+/// Everything inference needs, built once per cold start.
+#[derive(Debug)]
+pub struct Inference {
+    pub fleet: Arc<FleetClient>,
+    pub chat_limits: Limits,
+    pub embedding_limits: EmbeddingLimits,
+    pub catalog: Catalog,
+    pub billing: Billing,
+}
+
+impl Inference {
+    /// The fleet client (`FLEET_*`, `BREAKER_*`, `FALLBACK_*`, `STATE_TABLE`), the
+    /// chat and embedding limits (`CHAT_*`, `EMBEDDING_*`), `PRICE_TABLE` (every
+    /// model needs a price), `USAGE_TABLE`, `AUTH_TABLE` and the quotas.
+    pub fn from_env(
+        service: &'static str,
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, InitError> {
+        let chat_limits = Limits::from_env(env)?;
+        let embedding_limits = EmbeddingLimits::from_env(env)?;
+        let priced: Vec<String> = chat_limits
+            .models
+            .iter()
+            .chain(&embedding_limits.models)
+            .cloned()
+            .collect();
+        let prices = PriceTable::parse(&env.required("PRICE_TABLE")?, &priced)?;
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        Ok(Self {
+            fleet: Arc::new(FleetClient::from_env(env, sdk)?),
+            catalog: Catalog::new(env, &chat_limits.models, &embedding_limits.models)?,
+            chat_limits,
+            embedding_limits,
+            billing: Billing {
+                service,
+                prices,
+                quotas: Arc::new(Quotas::from_env(env, dynamodb.clone())?),
+                usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
+            },
+        })
+    }
+
+    pub fn embedder(&self) -> Embedder<'_> {
+        Embedder {
+            fleet: &self.fleet,
+            billing: &self.billing,
+        }
+    }
+
+    /// A bulkhead slot for one fleet call, or a 503 at once.
+    pub fn admit(&self) -> Result<BulkheadPermit, ApiError> {
+        self.fleet.admit().map_err(|error| error.to_api_error())
+    }
+
+    /// A non-streamed completion of `body` (a validated request's upstream body)
+    /// whose quota was reserved, billed to `tenant` once answered.
+    pub async fn complete_reserved(
+        &self,
+        permit: BulkheadPermit,
+        tenant: &str,
+        model: &str,
+        body: &Value,
+        ctx: &RequestContext,
+    ) -> Result<FleetReply, FleetError> {
+        let reply = self.fleet.chat(permit, body, ctx).await?;
+        tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
+        let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
+        self.billing.account(tenant, model, &usage).await;
+        Ok(reply)
+    }
+
+    /// One whole non-streamed completion: validation, quota, fleet, billing.
+    pub async fn complete(
+        &self,
+        permit: BulkheadPermit,
+        tenant: &str,
+        chat: &chat::ChatRequest,
+        ctx: &RequestContext,
+    ) -> Result<Value, ApiError> {
+        chat.validate(&self.chat_limits)?;
+        if chat.stream {
+            return Err(ApiError::invalid("stream: true is not possible here"));
+        }
+        let body = chat.upstream_body(&self.chat_limits)?;
+        self.billing.quotas.reserve(tenant).await?;
+        let reply = self
+            .complete_reserved(permit, tenant, &chat.model, &body, ctx)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "chat completion failed");
+                error.to_api_error()
+            })?;
+        Ok(reply.body)
+    }
+}

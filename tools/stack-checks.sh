@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The checks that need the whole system, run by `make test` inside
+# tools/with-dev-stack.sh (which sets SOPHIA_STATE_DIR and SOPHIA_BASE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "==> API fuzzing (schemathesis)"
+tools/api-fuzz.sh
