@@ -76,6 +76,7 @@ PROBLEMS = {
     "404": "Not found (another tenant's resource is answered the same way).",
     "413": "The body is larger than the limit (256 KiB by default).",
     "415": "The body must be `application/json`.",
+    "409": "The request conflicts with the caller's state (a limit reached, another memory with this text).",
     "422": "The `Idempotency-Key` was used before with another body.",
     "429": "Rate limited or the daily quota is used up; `Retry-After` says when to retry.",
     "502": "The model server failed in a way retrying will not fix.",
@@ -386,7 +387,8 @@ SCHEMAS: dict[str, Any] = {
                        ("seq", "integer"), ("time", "integer"), ("actor", "string"), ("action", "string"),
                        ("target", "string"), ("correlation_id", "string"), ("details", "string"),
                        ("prev_hash", "string"), ("hash", "string")]}},
-    "AuditEntries": obj({"entries": {"type": "array", "items": ref("AuditEntry")}}, ["entries"]),
+    "AuditEntries": obj({"entries": {"type": "array", "items": ref("AuditEntry")},
+                         "next_after": {"type": ["integer", "null"]}}, ["entries"]),
     "AuditVerification": {"type": "object", "required": ["tenant", "entries", "intact"], "properties": {
         "tenant": {"type": "string"}, "entries": {"type": "integer"}, "intact": {"type": "boolean"},
         "tamper": {"type": "object"}}},
@@ -396,6 +398,63 @@ SCHEMAS: dict[str, Any] = {
     "RedriveReport": {"type": "object", "required": ["method", "moved", "failed"], "properties": {
         "method": {"enum": ["move-task", "receive-send-delete"]}, "moved": {"type": "integer"},
         "failed": {"type": "integer"}, "task": {"type": "string"}}},
+    "NewMemory": nullable(obj({
+        "text": {"type": "string", "minLength": 1, "maxLength": 8000},
+        "metadata": {"type": "object", "description": "At most 4096 bytes as JSON, 4 levels deep."},
+        "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "namespace": {"type": "string", "pattern": "^[a-z0-9._-]{1,64}$"},
+        "expires_at": {"type": "integer", "minimum": 0,
+                       "description": "Unix seconds, in the future, at most ten years ahead."},
+    }, ["text"])),
+    "MemoryPatch": nullable(obj({
+        "text": {"type": "string", "minLength": 1, "maxLength": 8000},
+        "metadata": {"type": "object"},
+        "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "expires_at": {"type": "integer", "minimum": 0, "description": "null clears the expiry."},
+    }), keep=("text", "metadata", "tags")),
+    "RecallQuery": nullable(obj({
+        "query": {"type": "string", "minLength": 1, "maxLength": 8000},
+        "k": {"type": "integer", "minimum": 1, "maximum": 50},
+        "namespace": {"type": "string", "pattern": "^[a-z0-9._-]{1,64}$"},
+        "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                 "description": "Every tag given must be on the memory."},
+        "metadata": {"type": "object", "description": "Every key given must have this value."},
+        "created_after": {"type": "integer", "minimum": 0},
+        "created_before": {"type": "integer", "minimum": 0},
+    }, ["query"])),
+    "Memory": {"type": "object", "required": ["id", "object", "text", "namespace", "version", "vector"],
+               "properties": {
+                   "id": {"type": "string", "pattern": "^mem_[0-9a-f]{24}$"},
+                   "object": {"const": "memory"},
+                   "text": {"type": "string"}, "namespace": {"type": "string"},
+                   "tags": {"type": "array", "items": {"type": "string"}},
+                   "metadata": {"type": "object"},
+                   "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
+                   "expires_at": {"type": ["integer", "null"]},
+                   "version": {"type": "integer"},
+                   "vector": {"enum": ["ready", "pending"]},
+                   "merged": {"enum": ["exact", "near"],
+                              "description": "On a 200 of POST: the memory this one duplicated, updated."},
+                   "history": {"type": "array", "items": ref("MemoryVersion"),
+                               "description": "The latest 10 earlier versions, oldest first."},
+                   "history_truncated": {"type": "boolean", "description": "Older versions exist."},
+               }},
+    "MemoryVersion": {"type": "object", "properties": {
+        "version": {"type": "integer"}, "text": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
+        "replaced_at": {"type": "integer"}}},
+    "Recall": {"type": "object", "required": ["object", "data", "degraded", "considered"], "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": {"type": "object", "required": ["memory", "score", "signals"],
+                                            "properties": {"memory": ref("Memory"), "score": {"type": "number"},
+                                                           "signals": {"type": "object"}}}},
+        "degraded": {"type": "boolean", "description": "The query could not be embedded: ranked by text and recency."},
+        "considered": {"type": "integer"}}},
+    "MemoryExport": {"type": "object", "required": ["object", "data"], "properties": {
+        "object": {"const": "list"}, "data": {"type": "array", "items": ref("Memory")},
+        "next_cursor": {"type": ["string", "null"]}}},
+    "Forgotten": {"type": "object", "required": ["forgotten"], "properties": {
+        "object": {"const": "memory.forget_all"}, "forgotten": {"type": "integer"}}},
     "JobRequest": {"allOf": [ref("ChatCompletionRequest"),
                              {"properties": {"stream": {"const": False}}}],
                    "description": "A chat-completion request; a job is never streamed."},
@@ -426,6 +485,8 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "1 to 255 visible ASCII characters; the same key and body return the first "
                               "job. (Whitespace around a header value is not part of it in HTTP.)",
                "schema": {"type": "string", "pattern": "^[ \\t]*[!-~]{1,255}[ \\t]*$"}}
+
+MEMORY_ID = path_param("id", "mem_<24 hex digits>", {"type": "string", "pattern": "^mem_[0-9a-f]{24}$"})
 
 PATHS: dict[str, Any] = {
     "/health": {"get": operation("Liveness (no I/O)", "health", "health", None,
@@ -464,6 +525,37 @@ PATHS: dict[str, Any] = {
     "/v1/models/{id}": {"get": operation(
         "One model", "getModel", "inference", "chat", ok("200", "The model", ref("Model")),
         PROTECTED_ERRORS + ("404",), parameters=[path_param("id", "A model ID", {"type": "string"})])},
+    "/v1/memory": {
+        "post": operation(
+            "Store a memory (or update the one it duplicates)", "storeMemory", "memory", "memory",
+            {**ok("201", "Stored", ref("Memory"), extra={"headers": {**LIMITED_HEADERS,
+                "Location": {"description": "/v1/memory/{id}", "schema": {"type": "string"}}}}),
+             **ok("200", "An exact or near duplicate was updated (see `merged`), or a replay", ref("Memory"))},
+            PROTECTED_ERRORS + ("409", "422"), body=ref("NewMemory"), parameters=[IDEMPOTENCY]),
+        "delete": operation(
+            "Forget every memory of the caller (audited)", "forgetAllMemories", "memory", "memory",
+            ok("200", "How many memories were deleted", ref("Forgotten")), PROTECTED_ERRORS),
+    },
+    "/v1/memory/search": {"post": operation(
+        "Hybrid recall: vector, lexical and recency, fused", "recallMemories", "memory", "memory",
+        ok("200", "The best memories with their scores and signals", ref("Recall")), PROTECTED_ERRORS,
+        body=ref("RecallQuery"))},
+    "/v1/memory/export": {"get": operation(
+        "Every memory of the caller with its latest earlier versions, 10 a page", "exportMemories", "memory", "memory",
+        ok("200", "A page; next_cursor is null on the last", ref("MemoryExport")), PROTECTED_ERRORS,
+        parameters=[{"name": "cursor", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^mem_[0-9a-f]{24}$"}}])},
+    "/v1/memory/{id}": {
+        "get": operation("One memory with its history", "getMemory", "memory", "memory",
+                         ok("200", "The memory", ref("Memory")), PROTECTED_ERRORS + ("404",),
+                         parameters=[MEMORY_ID]),
+        "patch": operation("Change a memory (the previous version goes to its history)", "patchMemory",
+                           "memory", "memory", ok("200", "The memory now", ref("Memory")),
+                           PROTECTED_ERRORS + ("404", "409"), body=ref("MemoryPatch"), parameters=[MEMORY_ID]),
+        "delete": operation("Delete a memory with its vector and history", "deleteMemory", "memory", "memory",
+                            {"204": {"description": "Deleted", "headers": LIMITED_HEADERS}},
+                            PROTECTED_ERRORS + ("404",), parameters=[MEMORY_ID]),
+    },
     "/v1/jobs": {"post": operation(
         "A chat completion as an asynchronous job", "createJob", "jobs", "jobs", JOB_ACCEPTED,
         PROTECTED_ERRORS + ("422",), body=ref("JobRequest"), parameters=[IDEMPOTENCY])},
@@ -496,9 +588,16 @@ PATHS: dict[str, Any] = {
         PROTECTED_ERRORS, body=ref("NewFlag"),
         parameters=[path_param("name", "1 to 64 of a-z 0-9 . _ -",
                                {"type": "string", "pattern": "^[a-z0-9._-]{1,64}$"})])},
-    "/v1/admin/audit": {"get": operation("The tenant's audit log (reading it is audited)", "readAudit", "admin",
-                                         "admin", ok("200", "Entries in order", ref("AuditEntries")),
-                                         PROTECTED_ERRORS)},
+    "/v1/admin/audit": {"get": operation(
+        "The tenant's audit log, a page at a time (reading it is audited)", "readAudit", "admin", "admin",
+        ok("200", "Entries in order; next_after continues", ref("AuditEntries")), PROTECTED_ERRORS,
+        parameters=[
+            {"name": "after", "in": "query", "required": False,
+             "description": "Entries after this sequence number (default 0: from the start)",
+             "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        ])},
     "/v1/admin/audit/verify": {"get": operation(
         "Verify the audit log's hash chain", "verifyAudit", "admin", "admin",
         ok("200", "Whether it is intact, and where it breaks", ref("AuditVerification")), PROTECTED_ERRORS)},
@@ -538,7 +637,7 @@ def document() -> dict[str, Any]:
                            "`RateLimit-*` headers.",
         },
         "servers": [{"url": "/", "description": "This deployment (the REST API's stage, or make dev's :9000)"}],
-        "tags": [{"name": t} for t in ["health", "auth", "inference", "jobs", "admin"]],
+        "tags": [{"name": t} for t in ["health", "auth", "inference", "memory", "jobs", "admin"]],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

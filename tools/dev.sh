@@ -143,7 +143,7 @@ printf '  waiting for the first answer from /health (cargo lambda watch compiles
 wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
 # Start every API function once (each answers 401/404 without credentials), so the
 # first real request does not wait for its process.
-for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up; do
+for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up /v1/memory/warm-up; do
   until code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 120 -X POST "http://127.0.0.1:$api_port$path") \
       && [ "$code" -ge 400 ] && [ "$code" -lt 500 ]; do
     kill -0 "$watch_pid" 2>/dev/null || fail "cargo lambda watch exited; see $state_dir/watch.log"
@@ -151,8 +151,9 @@ for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up; do
   done
 done
 
-# Lambda's SQS event source for the worker (moto cannot run one): jobs submitted
-# to the API run through worker-inference under cargo lambda watch.
+# Lambda's SQS event sources (moto cannot run one): jobs submitted to the API run
+# through worker-inference, pending memory vectors through worker-memory-embed,
+# both under cargo lambda watch.
 # CloudWatch's EMF extraction: the functions' request metrics reach the local
 # CloudWatch, where job-slo-check (`make slo`) reads them.
 start "emf-shipper" "$state_dir/emf-shipper.log" \
@@ -162,6 +163,10 @@ jobs_queue=$(sed -n 's/^JOBS_QUEUE_URL="\(.*\)"$/\1/p' "$state_dir/dev.env")
 start "jobs-event-source" "$state_dir/event-source.log" \
   "$root/target/debug/sophia-dev" event-source --queue-url "$jobs_queue" \
   --function worker-inference --invoke "http://127.0.0.1:$api_port"
+memory_queue=$(sed -n 's/^MEMORY_EMBED_QUEUE_URL="\(.*\)"$/\1/p' "$state_dir/dev.env")
+start "memory-event-source" "$state_dir/memory-event-source.log" \
+  "$root/target/debug/sophia-dev" event-source --queue-url "$memory_queue" \
+  --function worker-memory-embed --invoke "http://127.0.0.1:$api_port"
 
 base="http://127.0.0.1:$api_port"
 printf '{"base": "%s", "aws": "http://127.0.0.1:%s", "pid": %s, "state_dir": "%s"}\n' \

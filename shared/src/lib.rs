@@ -12,14 +12,14 @@
 //! - [`jobs`]: asynchronous jobs: the record, its status machine, the store,
 //!   submission;
 //! - [`auth`]: access tokens, API keys, refresh-token families, the authenticator;
+//! - [`memory`]: the assistant's memory: store, hybrid recall, forget, export;
 //! - [`guard`]: what admits or refuses a request: the bulkhead, rate limits and
 //!   quotas (budgets join here: `guard/budget.rs`);
 //! - [`ops`]: what operators rely on: alerts, the audit log, feature flags (the
 //!   dashboard's readers join here: `ops/dashboard.rs`).
 //!
 //! Where this batch's new capabilities go: the response cache in `inference/`;
-//! the assistant's memory in `memory/` (store,
-//! hybrid recall, vector codec); the MCP gateway's protocol, tools and
+//! the MCP gateway's protocol, tools and
 //! federation in `mcp/`; OpenTelemetry export beside the logs in `observability`.
 //!
 //! **AWS** ([`aws`]): SDK configuration with explicit timeouts and retries,
@@ -44,6 +44,7 @@ pub mod guard;
 pub mod http;
 pub mod inference;
 pub mod jobs;
+pub mod memory;
 pub mod observability;
 pub mod ops;
 pub mod outbound;

@@ -29,6 +29,10 @@ pub enum ApiError {
     /// A resource the caller may not see is reported exactly like one that does not exist.
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    /// The request is valid but the caller's state does not allow it (a limit
+    /// reached, a conflicting resource); `reason` says which and what to do.
+    #[error("{reason}")]
+    Conflict { reason: String },
     /// An `Idempotency-Key` that was used before with a different request body.
     #[error("the Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
@@ -91,6 +95,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RouteNotFound { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginNotAllowed { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -124,6 +129,7 @@ impl ApiError {
             | Self::RouteNotFound { .. }
             | Self::NotFound { .. }
             | Self::IdempotencyKeyReused
+            | Self::Conflict { .. }
             | Self::MethodNotAllowed { .. }
             | Self::OriginNotAllowed { .. }
             | Self::Unauthorized { .. }
@@ -145,6 +151,7 @@ impl ApiError {
             Self::RouteNotFound { .. } => "route-not-found",
             Self::NotFound { .. } => "not-found",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::Conflict { .. } => "conflict",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::OriginNotAllowed { .. } => "origin-not-allowed",
             Self::Unauthorized { .. } => "unauthorized",
@@ -169,6 +176,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RouteNotFound { .. } | Self::NotFound { .. } => "Not found",
             Self::IdempotencyKeyReused => "Idempotency key reused",
+            Self::Conflict { .. } => "Conflict",
             Self::MethodNotAllowed { .. } => "Method not allowed",
             Self::OriginNotAllowed { .. } => "Origin not allowed",
             Self::Unauthorized { .. } => "Unauthorized",
@@ -324,6 +332,7 @@ mod tests {
             },
             ApiError::NotFound { what: "job" },
             ApiError::IdempotencyKeyReused,
+            ApiError::Conflict { reason: "x".into() },
             ApiError::MethodNotAllowed {
                 method: "PUT".into(),
                 allowed: "GET".into(),

@@ -133,7 +133,8 @@ pub struct Deps {
 
 impl Deps {
     /// `AUTH_TABLE`, `AUDIT_TABLE`, `USAGE_TABLE`, `STATE_TABLE`, `SIGNING_KEYS_SECRET`,
-    /// `JOBS_QUEUE_URL` and `JOBS_DLQ_URL`.
+    /// `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `MEMORY_EMBED_QUEUE_URL` and
+    /// `MEMORY_EMBED_DLQ_URL` (the queues whose dead letters it lists and redrives).
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let auth = Authenticator::from_env(env, sdk).await?;
         Self::with_authenticator(env, sdk, auth)
@@ -152,12 +153,20 @@ impl Deps {
             quotas: Quotas::from_env(env, dynamodb.clone())?,
             flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),
             audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
-            dead_letters: vec![DeadLetterQueue::new(
-                aws_sdk_sqs::Client::new(sdk),
-                "jobs",
-                env.required("JOBS_DLQ_URL")?,
-                env.required("JOBS_QUEUE_URL")?,
-            )],
+            dead_letters: vec![
+                DeadLetterQueue::new(
+                    aws_sdk_sqs::Client::new(sdk),
+                    "jobs",
+                    env.required("JOBS_DLQ_URL")?,
+                    env.required("JOBS_QUEUE_URL")?,
+                ),
+                DeadLetterQueue::new(
+                    aws_sdk_sqs::Client::new(sdk),
+                    "memory-embed",
+                    env.required("MEMORY_EMBED_DLQ_URL")?,
+                    env.required("MEMORY_EMBED_QUEUE_URL")?,
+                ),
+            ],
         })
     }
 }
@@ -177,6 +186,33 @@ struct NewKey {
 #[serde(deny_unknown_fields)]
 struct NewFlag {
     value: FlagValue,
+}
+
+/// `?after=<sequence number>&limit=<1..1000>` of the audit log (defaults 0, 100).
+fn audit_page(query: Option<&str>) -> Result<(u64, usize), ApiError> {
+    let (mut after, mut limit) = (0u64, 100usize);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let parsed = match pair.split_once('=') {
+            Some(("after", value)) => value.parse().map(|v| after = v).is_ok(),
+            Some(("limit", value)) => value
+                .parse()
+                .ok()
+                .filter(|v| (1..=1000).contains(v))
+                .map(|v| limit = v)
+                .is_some(),
+            _ => false,
+        };
+        if !parsed {
+            return Err(ApiError::invalid(
+                "the audit log takes after (a sequence number) and limit (1 to 1000)",
+            ));
+        }
+    }
+    Ok((after, limit))
 }
 
 fn storage(error: impl std::fmt::Display) -> ApiError {
@@ -393,17 +429,25 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
             )
         }
         AdminRoute::ReadAudit => {
-            let entries = deps.audit.entries(tenant).await.map_err(storage)?;
+            let (after, limit) = audit_page(api.query.as_deref())?;
+            let (entries, next) = deps
+                .audit
+                .page(tenant, after, limit)
+                .await
+                .map_err(storage)?;
             record(
                 deps,
                 &api,
                 tenant,
                 "audit.read",
                 "audit",
-                serde_json::json!({ "entries": entries.len() }),
+                serde_json::json!({ "entries": entries.len(), "after": after }),
             )
             .await?;
-            json_response(StatusCode::OK, &serde_json::json!({ "entries": entries }))
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "entries": entries, "next_after": next }),
+            )
         }
         AdminRoute::VerifyAudit => {
             let verification = deps.audit.verify(tenant).await.map_err(storage)?;

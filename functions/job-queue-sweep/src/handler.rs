@@ -11,6 +11,10 @@
 //!    delivery), becomes FAILED with a reason the user can read. A redrive later
 //!    runs it again.
 //!
+//! 3. **Stranded memory vectors.** The same outbox repair for memories stored
+//!    while the fleet could not embed them: their message to worker-memory-embed
+//!    is sent again.
+//!
 //! Storage or queue failures are `Retryable` (the schedule retries, then its
 //! dead-letter queue keeps the event); bad input is `NonRetryable.Invalid`.
 
@@ -23,6 +27,8 @@ use sophia_shared::clock::now_ms;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::jobs::JobMessage;
 use sophia_shared::jobs::store::JobStore;
+use sophia_shared::memory::queue::VectorQueue;
+use sophia_shared::memory::store::MemoryStore;
 use sophia_shared::observability::MetricSet;
 
 pub const SERVICE: &str = "job-queue-sweep";
@@ -54,14 +60,16 @@ impl From<SweepError> for Diagnostic {
 pub struct Deps {
     pub jobs: JobStore,
     pub dead_letters: DeadLetterQueue,
+    /// Memories whose vector message may not have been sent.
+    pub memory_vectors: VectorQueue,
     pub stranded_after: Duration,
     /// Messages looked at per run.
     pub max_messages: usize,
 }
 
 impl Deps {
-    /// `JOBS_TABLE`, `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `SWEEP_STRANDED_AFTER_SECS` (60),
-    /// `SWEEP_MAX_MESSAGES` (500).
+    /// `JOBS_TABLE`, `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `MEMORY_TABLE`,
+    /// `MEMORY_EMBED_QUEUE_URL`, `SWEEP_STRANDED_AFTER_SECS` (60), `SWEEP_MAX_MESSAGES` (500).
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let jobs = JobStore::from_env(env, sdk)?;
         let dead_letters = DeadLetterQueue::new(
@@ -70,7 +78,16 @@ impl Deps {
             env.required("JOBS_DLQ_URL")?,
             jobs.queue_url().to_owned(),
         );
+        let memory_store = MemoryStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            env.required("MEMORY_TABLE")?,
+        );
         Ok(Self {
+            memory_vectors: VectorQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                env.required("MEMORY_EMBED_QUEUE_URL")?,
+                memory_store,
+            ),
             jobs,
             dead_letters,
             stranded_after: Duration::from_secs(env.parse_or("SWEEP_STRANDED_AFTER_SECS", 60)?),
@@ -97,6 +114,8 @@ pub struct SweepReport {
     pub dead_letter_messages: usize,
     /// Dead-letter messages that are not job messages (left for an operator).
     pub unreadable_messages: usize,
+    /// Memories whose vector message was sent again.
+    pub resent_vectors: Vec<String>,
 }
 
 pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport, SweepError> {
@@ -106,7 +125,17 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport
         run = event.run.as_deref().unwrap_or("manual"),
         "sweeping the jobs queue"
     );
-    let mut report = SweepReport::default();
+    let mut report = SweepReport {
+        resent_vectors: deps
+            .memory_vectors
+            .resend_stranded(deps.stranded_after, 100)
+            .await
+            .map_err(SweepError::Queue)?,
+        ..SweepReport::default()
+    };
+    for id in &report.resent_vectors {
+        tracing::warn!(memory_id = %id, "stranded memory vector requested again");
+    }
 
     let cutoff = now_ms().saturating_sub(deps.stranded_after.as_millis() as u64);
     let stranded = deps

@@ -257,6 +257,7 @@ pub fn is_permanent(error: &ApiError) -> bool {
         | ApiError::RouteNotFound { .. }
         | ApiError::NotFound { .. }
         | ApiError::IdempotencyKeyReused
+        | ApiError::Conflict { .. }
         | ApiError::MethodNotAllowed { .. }
         | ApiError::OriginNotAllowed { .. }
         | ApiError::Unauthorized { .. }

@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 
-use crate::aws::dynamo::{error_text, n, s};
+use crate::aws::dynamo::{error_text, is_condition_failure, n, s};
 use crate::clock::now_ms;
 use crate::config::{ConfigError, Env};
 use crate::jobs::{
@@ -35,16 +35,6 @@ fn key(id: &str) -> [(String, AttributeValue); 2] {
         ("pk".to_owned(), AttributeValue::S(format!("job#{id}"))),
         ("sk".to_owned(), s("job")),
     ]
-}
-
-fn is_condition_failure<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    error
-        .as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "ConditionalCheckFailedException")
 }
 
 impl JobStore {

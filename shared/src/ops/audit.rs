@@ -265,6 +265,40 @@ impl AuditLog {
         }
     }
 
+    /// Up to `limit` entries of `tenant` after sequence number `after` (0: from
+    /// the start), oldest first, and the sequence number to continue after when
+    /// there are more. The log grows without bound; a page keeps an answer
+    /// within Lambda's payload limit.
+    pub async fn page(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<u64>), AuditError> {
+        let limit = limit.clamp(1, 1000);
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk > :after")
+            .expression_attribute_values(":pk", s(&format!("audit#{tenant}")))
+            .expression_attribute_values(":after", s(&seq_key(after)))
+            .consistent_read(true)
+            // One more than asked for says whether there is a next page.
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(aws)?;
+        let mut entries: Vec<Entry> = output.items().iter().map(entry_from).collect();
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|entry| entry.seq)
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+
     /// Recomputes `tenant`'s chain and names the first place it breaks.
     pub async fn verify(&self, tenant: &str) -> Result<Verification, AuditError> {
         let entries = self.entries(tenant).await?;

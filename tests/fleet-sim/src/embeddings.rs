@@ -40,13 +40,19 @@ pub fn terms(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn fnv1a(text: &str) -> u64 {
+/// FNV-1a, then MurmurHash3's finalizer: FNV's low bits barely differ between
+/// similar strings ("18" and "54"), and the dimension is taken from the low bits.
+fn feature_hash(text: &str) -> u64 {
     let mut state: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         state ^= u64::from(byte);
         state = state.wrapping_mul(0x0100_0000_01b3);
     }
-    state
+    state ^= state >> 33;
+    state = state.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    state ^= state >> 33;
+    state = state.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    state ^ (state >> 33)
 }
 
 /// An embedding whose similarity means something: each term and each pair of
@@ -60,7 +66,7 @@ pub fn embed(text: &str, dims: usize) -> Vec<f32> {
     let mut vector = vec![0.0f32; dims];
     let terms = terms(text);
     let mut add = |feature: &str, weight: f32| {
-        let hash = fnv1a(feature);
+        let hash = feature_hash(feature);
         let index = (hash % dims as u64) as usize;
         let sign = if hash >> 63 == 0 { 1.0 } else { -1.0 };
         vector[index] += sign * weight;

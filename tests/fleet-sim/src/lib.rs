@@ -58,7 +58,7 @@ impl Default for Behaviour {
             ttft_ms: 0,
             tokens_per_sec: 0,
             completion_tokens: 12,
-            embedding_dims: 64,
+            embedding_dims: 256,
             model: "sophia-small".to_owned(),
         }
     }

@@ -319,6 +319,16 @@ pub async fn usage_items(
 /// A valid access token for `tenant` with `scopes`, signed with the stack's
 /// signing keys as read from the local Secrets Manager (what api-auth does).
 pub async fn issue_token(stack: &Provisioned, tenant: &str, scopes: &[&str]) -> String {
+    issue_token_for(stack, tenant, "test:user", scopes).await
+}
+
+/// [`issue_token`] for a given subject (the user, as memories see it).
+pub async fn issue_token_for(
+    stack: &Provisioned,
+    tenant: &str,
+    subject: &str,
+    scopes: &[&str],
+) -> String {
     use sophia_shared::auth::{AuthSettings, KeySource};
     let settings = AuthSettings::from_env(&Env::new(&stack.env)).expect("auth settings");
     let secrets = aws_sdk_secretsmanager::Client::new(&local_aws().sdk_config().await);
@@ -331,9 +341,7 @@ pub async fn issue_token(stack: &Provisioned, tenant: &str, scopes: &[&str]) -> 
         .policy
         .sign(
             &keys.current().await,
-            &settings
-                .policy
-                .claims("test:user", tenant, &scopes, &family),
+            &settings.policy.claims(subject, tenant, &scopes, &family),
         )
         .expect("signing")
 }

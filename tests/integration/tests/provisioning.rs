@@ -318,6 +318,13 @@ async fn every_function_starts_with_only_its_own_template_environment() {
     starts!("api-jobs", |env| api_jobs::handler::Deps::from_env(
         env, &sdk
     ));
+    starts!("api-memory", |env| api_memory::handler::Deps::from_env(
+        env, &sdk
+    ));
+    starts!("worker-memory-embed", |env| {
+        let deps = worker_memory_embed::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
     starts!("worker-inference", |env| {
         let deps = worker_inference::handler::Deps::from_env(env, &sdk);
         async move { deps.map(|_| ()) }

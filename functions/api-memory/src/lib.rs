@@ -1,0 +1,2 @@
+//! api-memory: the assistant's memory per user.
+pub mod handler;
