@@ -25,6 +25,11 @@ echo "==> worker-inference: throughput per instance and CPU time per job (logs d
 target/release/jobs --jobs "${BENCH_JOBS:-300}" --latency-ms "${BENCH_JOB_LATENCY_MS:-50}" 2>/dev/null \
   | grep '^worker-inference:'
 
+echo
+echo "==> memory: store and recall latency for users with 1 000 and 10 000 memories, storage per memory"
+target/release/memory --recalls "${BENCH_MEMORY_RECALLS:-200}" --cold-recalls "${BENCH_MEMORY_COLD:-5}" \
+  --stores "${BENCH_MEMORY_STORES:-100}" 2>/dev/null | grep '^memory:'
+
 if ls target/lambda-arm64/*/bootstrap.zip >/dev/null 2>&1; then
   echo
   echo "==> arm64 zip sizes (from the last 'make build')"

@@ -832,6 +832,54 @@ impl MemoryService {
             self.user(owner)
         );
         let (user, cached) = loaded?;
+        self.rank_for(query, k, namespace, tags, embedded, user, cached, started)
+    }
+
+    /// [`Self::recall`] with the query's vector given (`None`: degraded), for
+    /// measuring recall without the fleet's time.
+    pub async fn recall_with(
+        &self,
+        owner: &Owner,
+        query: &RecallQuery,
+        embedded: Option<StoredVector>,
+    ) -> Result<Recall, ApiError> {
+        let started = Instant::now();
+        let k = self.settings.check_k(query.k)?;
+        let tags = self
+            .settings
+            .check_tags(query.tags.as_deref().unwrap_or_default())?;
+        let (user, cached) = self.user(owner).await?;
+        self.rank_for(
+            query,
+            k,
+            query.namespace.clone(),
+            tags,
+            embedded,
+            user,
+            cached,
+            started,
+        )
+    }
+
+    /// Drops this instance's copy of `owner`'s memories (the next recall reads
+    /// them again: what a cold instance does).
+    pub fn drop_cached(&self, owner: &Owner) {
+        self.lock_cache().remove(&owner.partition());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rank_for(
+        &self,
+        query: &RecallQuery,
+        k: usize,
+        namespace: Option<String>,
+        tags: Vec<String>,
+        embedded: Option<StoredVector>,
+        user: Arc<CachedUser>,
+        cached: bool,
+        started: Instant,
+    ) -> Result<Recall, ApiError> {
+        let settings = &self.settings;
         let now = now_secs();
         let passing: Vec<&CachedMemory> = user
             .memories

@@ -596,6 +596,68 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Writes many new memories of one user at once (bench and migration
+    /// tooling: no duplicate check, no limit), with their index entries, and
+    /// moves the user's version and count once.
+    pub async fn import(
+        &self,
+        owner: &Owner,
+        memories: &[(Memory, Option<StoredVector>)],
+    ) -> Result<(), StoreError> {
+        let mut requests = Vec::with_capacity(memories.len() * 2);
+        for (memory, vector) in memories {
+            let key_text = crate::memory::model::duplicate_key(&memory.namespace, &memory.text);
+            let mut item = memory_item(owner, memory, &key_text);
+            match vector {
+                Some(vector) => Self::with_vector(&mut item, &VectorWrite::Set(vector)),
+                None => Self::with_vector(&mut item, &VectorWrite::Pending),
+            }
+            let mut index = key(owner, &key_text);
+            index.insert("id".to_owned(), s(&memory.id));
+            requests.push(item);
+            requests.push(index);
+        }
+        for chunk in requests.chunks(25) {
+            let mut writes: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    aws_sdk_dynamodb::types::PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| StoreError::Storage(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+            while !writes.is_empty() {
+                let output = self
+                    .dynamodb
+                    .batch_write_item()
+                    .request_items(&self.table, writes)
+                    .send()
+                    .await
+                    .map_err(storage)?;
+                writes = output
+                    .unprocessed_items()
+                    .and_then(|items| items.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(owner, META)))
+            .update_expression("SET gen = if_not_exists(gen, :gen) ADD version :one, #count :count")
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_values(":gen", s(&uuid::Uuid::new_v4().simple().to_string()))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":count", n(memories.len() as u64))
+            .send()
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
     /// Deletes every item of the user: memories, vectors, history, indexes,
     /// idempotency records and the meta item. Returns the memories deleted.
     pub async fn forget_all(&self, owner: &Owner) -> Result<usize, StoreError> {

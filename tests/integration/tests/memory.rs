@@ -736,7 +736,10 @@ async fn a_vector_whose_message_was_never_sent_is_requested_again_by_the_sweeper
     // The memory function cannot reach its queue (a wrong URL): the memory is
     // stored anyway, with its outbox marker.
     let m = setup(&[
-        ("MEMORY_EMBED_QUEUE_URL", "http://127.0.0.1:9/123456789012/no-such-queue"),
+        (
+            "MEMORY_EMBED_QUEUE_URL",
+            "http://127.0.0.1:9/123456789012/no-such-queue",
+        ),
         ("AWS_MAX_ATTEMPTS", "1"),
     ])
     .await;
@@ -749,23 +752,35 @@ async fn a_vector_whose_message_was_never_sent_is_requested_again_by_the_sweeper
             ..Fault::default()
         })
         .await;
-    let (status, memory) = m.store(&token, json!({"text": "The VPN certificate renews in May"})).await;
-    assert_eq!((status, memory["vector"].as_str()), (201, Some("pending")), "{memory}");
+    let (status, memory) = m
+        .store(&token, json!({"text": "The VPN certificate renews in May"}))
+        .await;
+    assert_eq!(
+        (status, memory["vector"].as_str()),
+        (201, Some("pending")),
+        "{memory}"
+    );
     let id = memory["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
     let sdk = local_aws().sdk_config().await;
     let sweep_env = m.stack.env_with(&[("SWEEP_STRANDED_AFTER_SECS", "0")]);
     let sweeper = job_queue_sweep::handler::Deps::from_env(&Env::new(&sweep_env), &sdk).unwrap();
-    let report = job_queue_sweep::handler::handle(&sweeper, json!({"run": "test"})).await.unwrap();
-    assert_eq!(report.resent_vectors, [id.clone()]);
-    let again = job_queue_sweep::handler::handle(&sweeper, json!({"run": "test"})).await.unwrap();
+    let report = job_queue_sweep::handler::handle(&sweeper, json!({"run": "test"}))
+        .await
+        .unwrap();
+    assert_eq!(report.resent_vectors, std::slice::from_ref(&id));
+    let again = job_queue_sweep::handler::handle(&sweeper, json!({"run": "test"}))
+        .await
+        .unwrap();
     assert!(again.resent_vectors.is_empty(), "sent once, marker cleared");
 
     m.sim.sim.set_fault(Fault::default()).await;
     let (records, failed) = m.run_worker(false).await;
     assert_eq!((records, failed), (1, 0));
-    let (_, read) = m.call(&token, "GET", &format!("/v1/memory/{id}"), Value::Null).await;
+    let (_, read) = m
+        .call(&token, "GET", &format!("/v1/memory/{id}"), Value::Null)
+        .await;
     assert_eq!(read["vector"], "ready");
 }
 
@@ -790,7 +805,10 @@ async fn sample_events_get_their_documented_answers() {
         assert_eq!(response.status(), status, "{file}: {:?}", response.body());
         if file == "search.json" {
             let found = body_json(&response);
-            assert_eq!(found["data"][0]["memory"]["text"], "Dana owns the Q3 migration");
+            assert_eq!(
+                found["data"][0]["memory"]["text"],
+                "Dana owns the Q3 migration"
+            );
         }
     }
     let text = std::fs::read_to_string(
@@ -803,9 +821,12 @@ async fn sample_events_get_their_documented_answers() {
         &local_aws().sdk_config().await,
     )
     .unwrap();
-    let response =
-        worker_memory_embed::handler::handle(&worker, event.clone(), &lambda_context(Duration::from_secs(30)))
-            .await;
+    let response = worker_memory_embed::handler::handle(
+        &worker,
+        event.clone(),
+        &lambda_context(Duration::from_secs(30)),
+    )
+    .await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()
