@@ -4,9 +4,12 @@
 //! - [`model`]: the memory, its requests and their limits;
 //! - [`queue`]: the memory-embed queue and its outbox;
 //! - [`store`]: the memory table (one partition per user) and its writes;
+//!   whole-user operations (forget, export, history) in `store/bulk.rs`, vectors
+//!   filled later and their outbox in `store/vectors.rs`;
 //! - [`service`]: what the routes, the MCP tools and the worker call: store (with
-//!   exact and near-duplicate merging), recall, patch, delete, forget-all, export,
-//!   and filling vectors later;
+//!   exact and near-duplicate merging), patch, delete, forget-all, export, and
+//!   filling vectors later; recall in `service/search.rs`, the per-instance
+//!   cache in `service/cache.rs`;
 //! - [`recall`]: hybrid ranking (vector, BM25, recency, fused by RRF);
 //! - [`vector`]: the int8 vectors as stored.
 //!

@@ -1,27 +1,30 @@
 //! The memory's operations, as api-memory's routes, the MCP tools and
 //! worker-memory-embed call them.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::clock::now_secs;
 use crate::inference::Inference;
 use crate::inference::embeddings::{EmbeddingInput, EmbeddingsRequest};
 use crate::memory::model::{
-    HistoryEntry, Memory, MemoryPatch, MemorySettings, NewMemory, Owner, RecallQuery, VectorState,
-    duplicate_key,
+    HistoryEntry, Memory, MemoryPatch, MemorySettings, NewMemory, Owner, VectorState, duplicate_key,
 };
 use crate::memory::queue::{EmbedMessage, VectorQueue};
-use crate::memory::recall::{Candidate, Signals, TermCounts, rank};
 use crate::memory::store::{Inserted, MemoryStore, StoreError, StoredVector, VectorWrite};
 use crate::memory::vector::Quantized;
 use crate::observability::{MetricSet, RequestContext};
 use crate::ops::audit::{AuditLog, Event};
 use crate::problem::ApiError;
+
+mod cache;
+mod search;
+
+use cache::{Cache, CachedMemory, CachedUser};
+pub use search::{Recall, Recalled};
 
 const METRICS_NAMESPACE: &str = "Sophia";
 /// Writes that lose a race (a concurrent duplicate, a concurrent update) retry.
@@ -49,40 +52,6 @@ pub struct Stored {
     pub replayed: bool,
 }
 
-/// One recalled memory with why it was recalled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recalled {
-    pub memory: Memory,
-    pub score: f64,
-    pub signals: Signals,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recall {
-    pub results: Vec<Recalled>,
-    /// The query could not be embedded: ranked by text and recency only.
-    pub degraded: bool,
-    /// Memories that passed the filters.
-    pub considered: usize,
-    /// Served from this instance's cache (validated by one read).
-    pub cached: bool,
-}
-
-impl Recall {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "object": "list",
-            "data": self.results.iter().map(|r| json!({
-                "memory": r.memory.to_public_json(),
-                "score": r.score,
-                "signals": r.signals,
-            })).collect::<Vec<_>>(),
-            "degraded": self.degraded,
-            "considered": self.considered,
-        })
-    }
-}
-
 /// A memory's latest earlier versions, and whether older ones exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
@@ -105,59 +74,6 @@ pub enum Filled {
     NotNeeded,
     /// The memory changed meanwhile; its newer version has its own message.
     Changed,
-}
-
-struct CachedMemory {
-    memory: Memory,
-    terms: TermCounts,
-    vector: Option<Quantized>,
-}
-
-struct CachedUser {
-    generation: String,
-    version: u64,
-    memories: Vec<CachedMemory>,
-}
-
-/// This instance's copies of users' memories, each valid while the user's
-/// `meta` version is the one it was read at. Bounded by the memories it holds;
-/// the user least recently loaded goes first.
-#[derive(Default)]
-struct Cache {
-    users: HashMap<String, Arc<CachedUser>>,
-    order: VecDeque<String>,
-    held: usize,
-}
-
-impl Cache {
-    fn get(&self, partition: &str, generation: &str, version: u64) -> Option<Arc<CachedUser>> {
-        self.users
-            .get(partition)
-            .filter(|user| user.generation == generation && user.version == version)
-            .cloned()
-    }
-
-    fn put(&mut self, partition: String, user: Arc<CachedUser>, limit: usize) {
-        self.remove(&partition);
-        self.held += user.memories.len();
-        self.order.push_back(partition.clone());
-        self.users.insert(partition, user);
-        while self.held > limit {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(user) = self.users.remove(&oldest) {
-                self.held -= user.memories.len();
-            }
-        }
-    }
-
-    fn remove(&mut self, partition: &str) {
-        if let Some(user) = self.users.remove(partition) {
-            self.held -= user.memories.len();
-            self.order.retain(|p| p != partition);
-        }
-    }
 }
 
 pub struct MemoryService {
@@ -232,13 +148,6 @@ impl MemoryService {
         }
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
-        // Plain data: a panic while holding it leaves nothing half-done.
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Vectors of `texts` from the fleet, within the memory's embedding timeout;
     /// `None` when the fleet cannot give them now (the caller degrades).
     pub async fn embed(
@@ -294,43 +203,6 @@ impl MemoryService {
         self.embed(tenant, vec![text.to_owned()], ctx)
             .await
             .and_then(|mut vectors| vectors.pop())
-    }
-
-    /// The user's memories, from this instance's cache when its copy is current.
-    async fn user(&self, owner: &Owner) -> Result<(Arc<CachedUser>, bool), ApiError> {
-        let partition = owner.partition();
-        let meta = self
-            .store
-            .meta(owner)
-            .await
-            .map_err(storage)?
-            .unwrap_or_default();
-        if let Some(user) = self
-            .lock_cache()
-            .get(&partition, &meta.generation, meta.version)
-        {
-            return Ok((user, true));
-        }
-        let (loaded, pages) = self.store.load_all(owner).await.map_err(storage)?;
-        tracing::info!(memories = loaded.len(), pages, "memories loaded");
-        let memories = loaded
-            .into_iter()
-            .map(|(memory, vector)| CachedMemory {
-                terms: TermCounts::of(&memory.text),
-                vector: vector
-                    .filter(|stored| stored.model == self.settings.model)
-                    .map(|stored| stored.vector),
-                memory,
-            })
-            .collect();
-        let user = Arc::new(CachedUser {
-            generation: meta.generation,
-            version: meta.version,
-            memories,
-        });
-        self.lock_cache()
-            .put(partition, user.clone(), self.settings.cache_memories);
-        Ok((user, false))
     }
 
     fn metric(&self, outcome: &str) {
@@ -804,159 +676,6 @@ impl MemoryService {
         Ok(ExportPage {
             memories: page,
             next,
-        })
-    }
-
-    /// Hybrid recall of `owner`'s memories for `query`.
-    pub async fn recall(
-        &self,
-        owner: &Owner,
-        query: &RecallQuery,
-        ctx: &RequestContext,
-    ) -> Result<Recall, ApiError> {
-        let started = Instant::now();
-        let settings = &self.settings;
-        settings.check_text(&query.query)?;
-        let k = settings.check_k(query.k)?;
-        let namespace = query
-            .namespace
-            .as_deref()
-            .map(|ns| settings.check_namespace(Some(ns)))
-            .transpose()?;
-        let tags = settings.check_tags(query.tags.as_deref().unwrap_or_default())?;
-        if let Some(metadata) = &query.metadata {
-            settings.check_metadata(metadata)?;
-        }
-        let (embedded, loaded) = futures_util::join!(
-            self.embed_one(&owner.tenant, &query.query, ctx),
-            self.user(owner)
-        );
-        let (user, cached) = loaded?;
-        self.rank_for(query, k, namespace, tags, embedded, user, cached, started)
-    }
-
-    /// [`Self::recall`] with the query's vector given (`None`: degraded), for
-    /// measuring recall without the fleet's time.
-    pub async fn recall_with(
-        &self,
-        owner: &Owner,
-        query: &RecallQuery,
-        embedded: Option<StoredVector>,
-    ) -> Result<Recall, ApiError> {
-        let started = Instant::now();
-        let k = self.settings.check_k(query.k)?;
-        let tags = self
-            .settings
-            .check_tags(query.tags.as_deref().unwrap_or_default())?;
-        let (user, cached) = self.user(owner).await?;
-        self.rank_for(
-            query,
-            k,
-            query.namespace.clone(),
-            tags,
-            embedded,
-            user,
-            cached,
-            started,
-        )
-    }
-
-    /// Drops this instance's copy of `owner`'s memories (the next recall reads
-    /// them again: what a cold instance does).
-    pub fn drop_cached(&self, owner: &Owner) {
-        self.lock_cache().remove(&owner.partition());
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rank_for(
-        &self,
-        query: &RecallQuery,
-        k: usize,
-        namespace: Option<String>,
-        tags: Vec<String>,
-        embedded: Option<StoredVector>,
-        user: Arc<CachedUser>,
-        cached: bool,
-        started: Instant,
-    ) -> Result<Recall, ApiError> {
-        let settings = &self.settings;
-        let now = now_secs();
-        let passing: Vec<&CachedMemory> = user
-            .memories
-            .iter()
-            .filter(|m| !m.memory.is_expired(now))
-            .filter(|m| {
-                namespace
-                    .as_ref()
-                    .is_none_or(|ns| m.memory.namespace == *ns)
-            })
-            .filter(|m| tags.iter().all(|t| m.memory.tags.contains(t)))
-            .filter(|m| {
-                query.metadata.as_ref().is_none_or(|wanted| {
-                    wanted
-                        .iter()
-                        .all(|(k, v)| m.memory.metadata.get(k) == Some(v))
-                })
-            })
-            .filter(|m| {
-                query
-                    .created_after
-                    .is_none_or(|after| m.memory.created_at >= after)
-            })
-            .filter(|m| {
-                query
-                    .created_before
-                    .is_none_or(|before| m.memory.created_at <= before)
-            })
-            .collect();
-        let candidates: Vec<Candidate<'_>> = passing
-            .iter()
-            .map(|m| Candidate {
-                terms: &m.terms,
-                vector: m.vector.as_ref(),
-                updated_at: m.memory.updated_at,
-            })
-            .collect();
-        let query_vector = embedded.as_ref().map(|v| &v.vector);
-        let ranked = rank(
-            &candidates,
-            &query.query,
-            query_vector,
-            settings.min_similarity,
-            k,
-        );
-        let results: Vec<Recalled> = ranked
-            .into_iter()
-            .map(|r| Recalled {
-                memory: passing[r.index].memory.clone(),
-                score: r.score,
-                signals: r.signals,
-            })
-            .collect();
-        let degraded = embedded.is_none();
-        let hit = results.first().is_some_and(|best| {
-            best.signals
-                .vector_similarity
-                .is_some_and(|s| s >= settings.hit_similarity)
-                || (degraded && best.signals.lexical_rank.is_some())
-        });
-        MetricSet::new(METRICS_NAMESPACE)
-            .dimension("Service", "memory")
-            .count("MemoryRecalls", 1.0)
-            .count("MemoryRecallDegraded", f64::from(u8::from(degraded)))
-            .count("MemoryRecallHits", f64::from(u8::from(hit)))
-            .millis(
-                "MemoryRecallLatency",
-                started.elapsed().as_secs_f64() * 1000.0,
-            )
-            .property("considered", passing.len())
-            .property("cached", cached)
-            .emit();
-        Ok(Recall {
-            considered: passing.len(),
-            results,
-            degraded,
-            cached,
         })
     }
 
