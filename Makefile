@@ -19,8 +19,16 @@ EVENT ?= health
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(TOOLS) ## install the pinned tools into .venv (cargo-lambda, zig, moto, cfn-lint)
+NODE_TOOLS := tools/node/node_modules/.package-lock.json
+
+setup: $(TOOLS) $(NODE_TOOLS) ## install the pinned tools: .venv (cargo-lambda, zig, moto, cfn-lint, SDKs) and tools/node (MCP servers)
 	@command -v rustup >/dev/null && rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+# A real upstream MCP server for the federation tests and make dev (npm, pinned by the lockfile).
+$(NODE_TOOLS): tools/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the MCP test servers (Debian: apt-get install nodejs npm)"; exit 2; }
+	@echo "==> installing pinned Node tools into tools/node (npm ci)"
+	@npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 
 $(TOOLS): tools/requirements.lock
 	@echo "==> installing pinned Python tools into $(VENV)"

@@ -75,6 +75,7 @@ PROBLEMS = {
     "403": "The token lacks the route's scope, or the origin is not allowed.",
     "404": "Not found (another tenant's resource is answered the same way).",
     "413": "The body is larger than the limit (256 KiB by default).",
+    "406": "`Accept` must list `application/json` and `text/event-stream` (the MCP endpoint).",
     "415": "The body must be `application/json`.",
     "409": "The request conflicts with the caller's state (a limit reached, another memory with this text).",
     "422": "The `Idempotency-Key` was used before with another body.",
@@ -458,6 +459,64 @@ SCHEMAS: dict[str, Any] = {
     "JobRequest": {"allOf": [ref("ChatCompletionRequest"),
                              {"properties": {"stream": {"const": False}}}],
                    "description": "A chat-completion request; a job is never streamed."},
+    # The MCP tools' own arguments and results (api-mcp); the tools that share a
+    # REST route's contract use that route's schemas above.
+    "ToolMemoryForget": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                         "additionalProperties": False, "properties": {
+                             "id": {"type": "string", "pattern": "^mem_[0-9a-f]{24}$",
+                                    "description": "Forget this memory."},
+                             "all": {"const": True, "description": "Forget every memory of the caller."}}},
+    "ToolForgotten": obj({"forgotten": {"type": "integer", "minimum": 0}}, ["forgotten"]),
+    "ToolJobSubmit": obj({
+        "request": ref("JobRequest"),
+        "idempotency_key": {"type": "string", "pattern": "^[!-~]{1,255}$",
+                            "description": "The same key and request return the first job."},
+    }, ["request"]),
+    "ToolJobStatus": obj({"id": {"type": "string", "pattern": "^job_[0-9a-f]{32}$"}}, ["id"]),
+    "ToolStoredMemory": {"allOf": [ref("Memory"), {
+        "type": "object", "required": ["created"],
+        "properties": {"created": {"type": "boolean",
+                                   "description": "false: an existing memory was updated (see merged)."}}}]},
+    "JsonRpcRequest": {"type": "object", "required": ["jsonrpc", "method"], "properties": {
+        "jsonrpc": {"const": "2.0"},
+        "id": {"type": ["string", "integer"], "description": "Absent for a notification."},
+        "method": {"type": "string", "description": "server/discover, initialize, tools/list, tools/call, ..."},
+        "params": {"type": "object"}}},
+    "JsonRpcResponse": {"type": "object", "required": ["jsonrpc"], "properties": {
+        "jsonrpc": {"const": "2.0"},
+        "id": {"type": ["string", "integer", "null"]},
+        "result": {"type": "object"},
+        "error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "integer"}, "message": {"type": "string"}, "data": {}}}}},
+    "ProtectedResourceMetadata": {"type": "object", "required": ["resource"], "properties": {
+        "resource": {"type": "string"},
+        "scopes_supported": {"type": "array", "items": {"type": "string"}},
+        "bearer_methods_supported": {"type": "array", "items": {"type": "string"}},
+        "resource_name": {"type": "string"},
+        "resource_documentation": {"type": "string"}}},
+    "McpServerRegistration": nullable(obj({
+        "url": {"type": "string", "minLength": 8, "maxLength": 2048,
+                "description": "The server's Streamable HTTP endpoint (https)."},
+        "allowed_tools": {"type": "array", "minItems": 1, "maxItems": 100,
+                          "items": {"type": "string", "pattern": "^(\\*|[A-Za-z0-9_.-]{1,128})$"},
+                          "description": "The upstream tools offered, by name; [\"*\"] for all."},
+        "timeout_ms": {"type": "integer", "minimum": 100, "maximum": 900000,
+                       "description": "Per call; at most MCP_UPSTREAM_MAX_TIMEOUT_MS (default 30000)."},
+        "credentials": obj({
+            "bearer_token": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "headers": {"type": "object", "maxProperties": 8,
+                        "additionalProperties": {"type": "string", "maxLength": 4096}},
+        }, description="Sent to the upstream server only; stored in Secrets Manager and never returned."),
+    }, ["url", "allowed_tools"])),
+    "McpServer": {"type": "object", "required": ["name", "url", "allowed_tools", "timeout_ms", "has_credentials"],
+                  "properties": {
+                      "name": {"type": "string", "description": "Its tools are offered as <name>__<tool>."},
+                      "url": {"type": "string"},
+                      "allowed_tools": {"type": "array", "items": {"type": "string"}},
+                      "timeout_ms": {"type": "integer"},
+                      "has_credentials": {"type": "boolean"},
+                      "created_at": {"type": "integer"}, "updated_at": {"type": "integer"}}},
+    "McpServers": obj({"servers": {"type": "array", "items": ref("McpServer")}}, ["servers"]),
     "Job": {"type": "object", "required": ["id", "object", "status", "model"], "properties": {
         "id": {"type": "string", "pattern": "^job_[0-9a-f]{32}$"},
         "object": {"const": "job"},
@@ -481,6 +540,8 @@ PREFER = {"name": "Prefer", "in": "header", "required": False,
           "description": "`respond-async`: answer with a job (scope `jobs`); `async-fallback`: a job "
                          "instead of a 503 when the fleet is unavailable.",
           "schema": {"type": "string"}}
+MCP_SERVER_NAME = path_param("name", "The tools' prefix: a lowercase letter, then up to 30 of a-z 0-9 -",
+                             {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"})
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "1 to 255 visible ASCII characters; the same key and body return the first "
                               "job. (Whitespace around a header value is not part of it in HTTP.)",
@@ -605,6 +666,45 @@ PATHS: dict[str, Any] = {
         "Peek at a queue's dead letters without losing them (platform)", "listDeadLetters", "admin", "platform",
         ok("200", "Up to 100 messages", ref("DeadLetters")), PROTECTED_ERRORS + ("404",),
         parameters=[path_param("queue", "A queue with a dead-letter queue, e.g. jobs", {"type": "string"})])},
+    "/v1/admin/mcp-servers": {"get": operation(
+        "The tenant's upstream MCP servers (credentials never shown)", "listMcpServers", "admin", "admin",
+        ok("200", "Every registration", ref("McpServers")), PROTECTED_ERRORS)},
+    "/v1/admin/mcp-servers/{name}": {
+        "put": operation("Register or replace an upstream MCP server (audited)", "putMcpServer", "admin", "admin",
+                         ok("200", "The registration", ref("McpServer")), PROTECTED_ERRORS + ("409",),
+                         body=ref("McpServerRegistration"), parameters=[MCP_SERVER_NAME]),
+        "get": operation("One upstream MCP server", "getMcpServer", "admin", "admin",
+                         ok("200", "The registration", ref("McpServer")), PROTECTED_ERRORS + ("404",),
+                         parameters=[MCP_SERVER_NAME]),
+        "delete": operation("Remove an upstream MCP server and its credentials (audited)", "deleteMcpServer",
+                            "admin", "admin", ok("204", "Removed", None), PROTECTED_ERRORS + ("404",),
+                            parameters=[MCP_SERVER_NAME]),
+    },
+    "/mcp": {"post": operation(
+        "The MCP endpoint (Streamable HTTP, revisions 2026-07-28 and 2025-11-25/2025-06-18)", "mcp", "tools",
+        "tools", {
+            **ok("200", "A JSON-RPC response (protocol errors included, e.g. -32602 for an unknown tool)",
+                 ref("JsonRpcResponse")),
+            **ok("202", "A notification, accepted", None),
+            "404": {"description": "An unknown method (-32601)", "content": json_content(ref("JsonRpcResponse"))},
+            "400": {"description": "A JSON-RPC error for a body that is not valid JSON-RPC (-32700, -32600, "
+                                   "-32020, -32022), or a problem for a request refused before the protocol",
+                    "headers": HEADERS,
+                    "content": {**json_content(ref("JsonRpcResponse")),
+                                "application/problem+json": {"schema": ref("Problem")}}},
+        }, ("401", "403", "406", "413", "415", "429", "503"), body=ref("JsonRpcRequest"),
+        description="Tools: memory_store, memory_recall, memory_forget, job_submit, job_status, chat_complete "
+                    "(each needs its REST route's scope too) and the tenant's registered upstream servers' "
+                    "tools as <server>__<tool>. A 400 is a JSON-RPC error when the body was JSON-RPC "
+                    "(-32700 parse error, -32600 invalid request, -32020 header mismatch, -32022 "
+                    "unsupported protocol version). 401 answers carry WWW-Authenticate with "
+                    "resource_metadata.")},
+    "/.well-known/oauth-protected-resource": {"get": operation(
+        "RFC 9728 protected-resource metadata of the MCP endpoint", "protectedResource", "tools", None,
+        ok("200", "The metadata", ref("ProtectedResourceMetadata"), limited=False), PUBLIC_ERRORS)},
+    "/.well-known/oauth-protected-resource/mcp": {"get": operation(
+        "The same metadata at the RFC 9728 path for the resource /mcp", "protectedResourceMcp", "tools", None,
+        ok("200", "The metadata", ref("ProtectedResourceMetadata"), limited=False), PUBLIC_ERRORS)},
     "/v1/admin/queues/{queue}/redrive": {"post": operation(
         "Move a queue's dead letters back (platform)", "redrive", "admin", "platform",
         ok("200", "What was moved", ref("RedriveReport")), PROTECTED_ERRORS + ("404",),
@@ -637,7 +737,7 @@ def document() -> dict[str, Any]:
                            "`RateLimit-*` headers.",
         },
         "servers": [{"url": "/", "description": "This deployment (the REST API's stage, or make dev's :9000)"}],
-        "tags": [{"name": t} for t in ["health", "auth", "inference", "memory", "jobs", "admin"]],
+        "tags": [{"name": t} for t in ["health", "auth", "inference", "memory", "jobs", "tools", "admin"]],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

@@ -30,6 +30,10 @@ echo "==> memory: store and recall latency for users with 1 000 and 10 000 memor
 target/release/memory --recalls "${BENCH_MEMORY_RECALLS:-200}" --cold-recalls "${BENCH_MEMORY_COLD:-5}" \
   --stores "${BENCH_MEMORY_STORES:-100}" 2>/dev/null | grep '^memory:'
 
+echo
+echo "==> api-mcp: gateway overhead of a built-in tool call, and of a federated call against server-everything"
+target/release/mcp --calls "${BENCH_MCP_CALLS:-300}" 2>/dev/null | grep '^mcp:'
+
 if ls target/lambda-arm64/*/bootstrap.zip >/dev/null 2>&1; then
   echo
   echo "==> arm64 zip sizes (from the last 'make build')"

@@ -9,6 +9,7 @@
 #   SOPHIA_PORT (9000)      the API: http://127.0.0.1:$SOPHIA_PORT/health
 #   SOPHIA_AWS_PORT (5055)  the local AWS endpoint
 #   SOPHIA_SIM_PORTS ("8101 8102")  fleet simulators: primary, secondary
+#   SOPHIA_MCP_PORT (3901)  an upstream MCP server (server-everything from npm) to federate
 #   SOPHIA_STATE_DIR (.local)       logs, the env file, the dev API key, stack.json
 #
 # Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`, or to either's
@@ -24,6 +25,7 @@ cd "$root"
 api_port=${SOPHIA_PORT:-9000}
 aws_port=${SOPHIA_AWS_PORT:-5055}
 read -r -a sim_ports <<<"${SOPHIA_SIM_PORTS:-8101 8102}"
+mcp_port=${SOPHIA_MCP_PORT:-3901}
 sim_names=(primary secondary)
 stack=${SOPHIA_STACK:-sophia-local}
 state_dir=${SOPHIA_STATE_DIR:-$root/.local}
@@ -36,9 +38,9 @@ fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 [ -x "$python" ] || fail "the tool environment is missing: run 'make setup' first"
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$api_port" "$aws_port" "${sim_ports[@]}"; do
+for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port"; do
   if port_in_use "$port"; then
-    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS."
+    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS / SOPHIA_MCP_PORT."
   fi
 done
 
@@ -101,6 +103,9 @@ done
   --param "FleetEndpoints=$fleet" \
   --param "CorsAllowedOrigins=http://localhost:3000,http://127.0.0.1:3000" \
   --env-file "$state_dir/dev.env"
+# Locally, tenants may federate MCP servers on loopback (never in AWS: there
+# 127.0.0.1:9001 is the Lambda runtime API).
+echo 'MCP_ALLOW_PRIVATE_UPSTREAMS="true"' >> "$state_dir/dev.env"
 
 # The simulators accept only the fleet token the local Secrets Manager holds, so the
 # functions' credential path (read, cache, re-read on 401) runs locally as in AWS.
@@ -122,12 +127,20 @@ export FLEET_SIM_TOKEN=$fleet_token
     "$root/target/debug/sophia-dev" bootstrap-key --tenant dev --out "$state_dir/dev-api-key"
 )
 
-step 4/5 "starting ${#sim_ports[@]} fleet simulators"
+step 4/5 "starting ${#sim_ports[@]} fleet simulators and an upstream MCP server"
 for i in "${!sim_ports[@]}"; do
   name=${sim_names[$i]:-fleet$i}
   start "fleet-sim:$name" "$state_dir/fleet-sim-$name.log" \
     "$root/target/debug/fleet-sim" --port "${sim_ports[$i]}" --name "$name"
   wait_for "http://127.0.0.1:${sim_ports[$i]}/_sim/state" "fleet simulator $name" 15 "$state_dir/fleet-sim-$name.log"
+done
+
+everything=$root/tools/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+[ -f "$everything" ] || fail "the upstream MCP server is missing: run 'make setup' (npm ci into tools/node)"
+start "mcp-upstream" "$state_dir/mcp-upstream.log" env PORT="$mcp_port" node "$everything" streamableHttp
+until port_in_use "$mcp_port"; do
+  kill -0 "${pids[-1]}" 2>/dev/null || fail "the upstream MCP server exited (log: $state_dir/mcp-upstream.log)"
+  sleep 0.2
 done
 
 step 5/5 "starting cargo lambda watch on 127.0.0.1:$api_port"
@@ -143,7 +156,7 @@ printf '  waiting for the first answer from /health (cargo lambda watch compiles
 wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
 # Start every API function once (each answers 401/404 without credentials), so the
 # first real request does not wait for its process.
-for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up /v1/memory/warm-up; do
+for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up /v1/memory/warm-up /mcp; do
   until code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 120 -X POST "http://127.0.0.1:$api_port$path") \
       && [ "$code" -ge 400 ] && [ "$code" -lt 500 ]; do
     kill -0 "$watch_pid" 2>/dev/null || fail "cargo lambda watch exited; see $state_dir/watch.log"
@@ -179,6 +192,7 @@ Sophia Functions is running locally.
   dev API key    $(cat "$state_dir/dev-api-key")   (tenant 'dev', every scope; also in $state_dir/dev-api-key)
   local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in $state_dir/dev.env)
   fleet          $(printf '%s ' "${fleet//,/  }")
+  MCP            $base/mcp   (upstream to federate: http://127.0.0.1:$mcp_port/mcp, server-everything)
   logs           $state_dir/*.log
 
 Try:
@@ -199,6 +213,13 @@ Try:
   make drift                  # run job-drift-detect once (live resources vs infra/template.yaml)
 
   curl -s -X PUT http://127.0.0.1:${sim_ports[1]:-${sim_ports[0]}}/_sim/fault -d '{"mode":"black_hole"}'   # break a simulator
+
+  # Tools over MCP: register the upstream once, then call it (a 2025-06-18 call needs no _meta).
+  curl -s -X PUT $base/v1/admin/mcp-servers/everything -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
+    -d '{"url":"http://127.0.0.1:$mcp_port/mcp","allowed_tools":["echo","get-sum"]}'
+  curl -s $base/mcp -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
+    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2025-06-18' \\
+    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"everything__echo","arguments":{"message":"hi"}}}'
 
 Ctrl-C stops everything.
 EOF

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer: a module may import its own layer or lower ones.
-const LAYERS: [(&str, u8); 15] = [
+const LAYERS: [(&str, u8); 16] = [
     ("config", 0),
     ("clock", 0),
     ("observability", 0),
@@ -22,6 +22,7 @@ const LAYERS: [(&str, u8); 15] = [
     ("jobs", 2),
     ("inference", 2),
     ("memory", 2),
+    ("mcp", 2),
     ("http", 2),
 ];
 

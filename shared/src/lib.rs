@@ -44,6 +44,7 @@ pub mod guard;
 pub mod http;
 pub mod inference;
 pub mod jobs;
+pub mod mcp;
 pub mod memory;
 pub mod observability;
 pub mod ops;

@@ -56,6 +56,8 @@ pub enum OutboundError {
     Status(StatusCode),
     #[error("the connection failed mid-request")]
     Transport,
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl OutboundError {
@@ -63,7 +65,7 @@ impl OutboundError {
         match self {
             Self::Connect | Self::Timeout(_) | Self::Transport => true,
             Self::Status(status) => matches!(status.as_u16(), 429 | 502 | 503 | 504),
-            Self::Build(_) | Self::NoTimeLeft => false,
+            Self::Build(_) | Self::NoTimeLeft | Self::TooLarge(_) => false,
         }
     }
 
@@ -75,6 +77,7 @@ impl OutboundError {
             Self::Timeout(_) | Self::NoTimeLeft => "timeout",
             Self::Status(_) => "bad_status",
             Self::Transport => "transport",
+            Self::TooLarge(_) => "too_large",
         }
     }
 
@@ -204,6 +207,80 @@ impl OutboundClient {
         } else {
             Err(OutboundError::Status(status))
         }
+    }
+}
+
+/// One request of [`OutboundClient::exchange`].
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub method: http::Method,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub json: &'a serde_json::Value,
+    pub timeout: Duration,
+    /// Answers larger than this fail with [`OutboundError::TooLarge`].
+    pub max_answer_bytes: usize,
+    /// Trace and correlation headers, and a deadline the timeout never outlives.
+    pub ctx: Option<&'a RequestContext>,
+}
+
+/// Whatever the server answered, whatever its status.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl OutboundClient {
+    /// A JSON request with extra headers; any status is an answer (protocols
+    /// such as MCP give 4xx statuses a meaning). The body is read in chunks up
+    /// to `max_answer_bytes`, so a hostile server cannot exhaust memory.
+    pub async fn exchange(&self, exchange: Exchange<'_>) -> Result<Answer, OutboundError> {
+        let timeout = match exchange.ctx {
+            Some(ctx) => exchange
+                .timeout
+                .min(ctx.remaining(Duration::from_millis(50))),
+            None => exchange.timeout,
+        };
+        if timeout.is_zero() {
+            return Err(OutboundError::NoTimeLeft);
+        }
+        let mut request = self
+            .http
+            .request(exchange.method, exchange.url)
+            .timeout(timeout)
+            .json(exchange.json);
+        for (name, value) in exchange.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(ctx) = exchange.ctx {
+            request = request
+                .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
+                .header(CORRELATION_HEADER, ctx.correlation_id.as_str());
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| OutboundError::from_reqwest(&error, timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| OutboundError::from_reqwest(&error, timeout))?
+        {
+            if body.len() + chunk.len() > exchange.max_answer_bytes {
+                return Err(OutboundError::TooLarge(exchange.max_answer_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
     }
 }
 

@@ -24,6 +24,8 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
+    #[error("{reason}")]
+    NotAcceptable { reason: String },
     #[error("no route matches {method} {path}")]
     RouteNotFound { method: String, path: String },
     /// A resource the caller may not see is reported exactly like one that does not exist.
@@ -93,6 +95,7 @@ impl ApiError {
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             Self::RouteNotFound { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -126,6 +129,7 @@ impl ApiError {
             | Self::InvalidRequest { .. }
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedMediaType
+            | Self::NotAcceptable { .. }
             | Self::RouteNotFound { .. }
             | Self::NotFound { .. }
             | Self::IdempotencyKeyReused
@@ -148,6 +152,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => "invalid-request",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::NotAcceptable { .. } => "not-acceptable",
             Self::RouteNotFound { .. } => "route-not-found",
             Self::NotFound { .. } => "not-found",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
@@ -174,6 +179,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => "Invalid request",
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::NotAcceptable { .. } => "Not acceptable",
             Self::RouteNotFound { .. } | Self::NotFound { .. } => "Not found",
             Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::Conflict { .. } => "Conflict",
@@ -193,7 +199,7 @@ impl ApiError {
     }
 
     /// What the client is told. Internal causes are replaced by a generic sentence.
-    fn public_detail(&self) -> String {
+    pub fn public_detail(&self) -> String {
         match self {
             Self::Internal { .. } => {
                 "An unexpected error occurred; quote the correlation ID when reporting it."
@@ -326,6 +332,7 @@ mod tests {
             ApiError::invalid("x"),
             ApiError::PayloadTooLarge { limit_bytes: 1 },
             ApiError::UnsupportedMediaType,
+            ApiError::NotAcceptable { reason: "x".into() },
             ApiError::RouteNotFound {
                 method: "GET".into(),
                 path: "/x".into(),

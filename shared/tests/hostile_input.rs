@@ -59,6 +59,7 @@ fn http_policy() -> HttpPolicy {
         limits: None,
         slow_request_ms: 200.0,
         bulkhead: None,
+        reject_unknown_origins: false,
     }
 }
 

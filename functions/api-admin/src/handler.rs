@@ -13,6 +13,10 @@
 //! | `GET /v1/admin/audit/verify` | admin | recompute the hash chain; name the first broken entry |
 //! | `GET /v1/admin/queues/{queue}/dead-letters` | platform | the dead-letter queue's messages, left in place |
 //! | `POST /v1/admin/queues/{queue}/redrive` | platform | move them back to the source queue (audited) |
+//! | `GET /v1/admin/mcp-servers` | admin | the tenant's upstream MCP servers (credentials never shown) |
+//! | `PUT /v1/admin/mcp-servers/{name}` | admin | register or replace one (credentials to Secrets Manager) |
+//! | `GET /v1/admin/mcp-servers/{name}` | admin | one registration |
+//! | `DELETE /v1/admin/mcp-servers/{name}` | admin | remove it and its credentials |
 //!
 //! Every change, and every read of the audit log, is appended to the audit log.
 
@@ -31,6 +35,8 @@ use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
+use sophia_shared::mcp::McpSettings;
+use sophia_shared::mcp::registry::{Registration, Registry};
 use sophia_shared::ops::audit::{AuditLog, Event};
 use sophia_shared::ops::flags::{FlagValue, Flags, valid_name};
 use sophia_shared::problem::ApiError;
@@ -50,9 +56,13 @@ pub enum AdminRoute {
     VerifyAudit,
     ListDeadLetters,
     Redrive,
+    ListMcpServers,
+    PutMcpServer,
+    GetMcpServer,
+    DeleteMcpServer,
 }
 
-pub const ROUTES: [Route<AdminRoute>; 11] = [
+pub const ROUTES: [Route<AdminRoute>; 15] = [
     Route::protected(
         Method::POST,
         "/v1/admin/keys",
@@ -119,6 +129,30 @@ pub const ROUTES: [Route<AdminRoute>; 11] = [
         AdminRoute::Redrive,
         SCOPE_PLATFORM,
     ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/mcp-servers",
+        AdminRoute::ListMcpServers,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::PUT,
+        "/v1/admin/mcp-servers/{name}",
+        AdminRoute::PutMcpServer,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/mcp-servers/{name}",
+        AdminRoute::GetMcpServer,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::DELETE,
+        "/v1/admin/mcp-servers/{name}",
+        AdminRoute::DeleteMcpServer,
+        SCOPE_ADMIN,
+    ),
 ];
 
 pub struct Deps {
@@ -129,12 +163,15 @@ pub struct Deps {
     pub audit: AuditLog,
     /// Dead-letter queues by name (`jobs`).
     pub dead_letters: Vec<DeadLetterQueue>,
+    /// The tenants' upstream MCP servers (api-mcp federates them).
+    pub mcp_servers: Registry,
 }
 
 impl Deps {
     /// `AUTH_TABLE`, `AUDIT_TABLE`, `USAGE_TABLE`, `STATE_TABLE`, `SIGNING_KEYS_SECRET`,
     /// `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `MEMORY_EMBED_QUEUE_URL` and
-    /// `MEMORY_EMBED_DLQ_URL` (the queues whose dead letters it lists and redrives).
+    /// `MEMORY_EMBED_DLQ_URL` (the queues whose dead letters it lists and redrives),
+    /// `MCP_*` (the MCP server registry's rules and `MCP_SECRET_PREFIX`).
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let auth = Authenticator::from_env(env, sdk).await?;
         Self::with_authenticator(env, sdk, auth)
@@ -150,6 +187,12 @@ impl Deps {
         Ok(Self {
             http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb.clone())?,
             store: AuthStore::new(dynamodb.clone(), auth_table.clone()),
+            mcp_servers: Registry::new(
+                dynamodb.clone(),
+                aws_sdk_secretsmanager::Client::new(sdk),
+                auth_table.clone(),
+                McpSettings::from_env(env)?,
+            ),
             quotas: Quotas::from_env(env, dynamodb.clone())?,
             flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),
             audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
@@ -427,6 +470,73 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
                 StatusCode::OK,
                 &serde_json::json!({ "name": name, "value": request.value }),
             )
+        }
+        AdminRoute::ListMcpServers => {
+            let servers = deps
+                .mcp_servers
+                .list(tenant)
+                .await
+                .map_err(|e| e.to_api_error())?;
+            let servers: Vec<_> = servers.iter().map(|s| s.to_public_json()).collect();
+            json_response(StatusCode::OK, &serde_json::json!({ "servers": servers }))
+        }
+        AdminRoute::GetMcpServer => {
+            let name = api.param("name").unwrap_or_default();
+            match deps
+                .mcp_servers
+                .get(tenant, name)
+                .await
+                .map_err(|e| e.to_api_error())?
+            {
+                Some(server) => json_response(StatusCode::OK, &server.to_public_json()),
+                None => Err(ApiError::NotFound { what: "MCP server" }),
+            }
+        }
+        AdminRoute::PutMcpServer => {
+            let name = api.param("name").unwrap_or_default().to_owned();
+            let registration: Registration = api.json()?;
+            let server = deps.mcp_servers.put(tenant, &name, &registration).await?;
+            // Never the credentials, only whether there are some.
+            let details = serde_json::json!({
+                "url": server.url,
+                "allowed_tools": server.allowed_tools,
+                "timeout_ms": server.timeout_ms,
+                "has_credentials": server.secret_id.is_some(),
+            });
+            record(
+                deps,
+                &api,
+                tenant,
+                "mcp_server.registered",
+                &format!("mcp-server:{name}"),
+                details,
+            )
+            .await?;
+            json_response(StatusCode::OK, &server.to_public_json())
+        }
+        AdminRoute::DeleteMcpServer => {
+            let name = api.param("name").unwrap_or_default().to_owned();
+            let removed = deps
+                .mcp_servers
+                .delete(tenant, &name)
+                .await
+                .map_err(|e| e.to_api_error())?;
+            if !removed {
+                return Err(ApiError::NotFound { what: "MCP server" });
+            }
+            record(
+                deps,
+                &api,
+                tenant,
+                "mcp_server.removed",
+                &format!("mcp-server:{name}"),
+                serde_json::json!({}),
+            )
+            .await?;
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Body::Empty)
+                .map_err(|error| ApiError::internal(error.to_string()))
         }
         AdminRoute::ReadAudit => {
             let (after, limit) = audit_page(api.query.as_deref())?;

@@ -19,8 +19,7 @@ use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
 use sophia_shared::inference::chat::{ChatRequest, Limits};
 use sophia_shared::jobs::store::JobStore;
-use sophia_shared::jobs::submit::{JobRequest, submit};
-use sophia_shared::jobs::valid_job_id;
+use sophia_shared::jobs::submit::{JobRequest, read_own, submit};
 use sophia_shared::problem::ApiError;
 use sophia_shared::startup::InitError;
 
@@ -94,22 +93,9 @@ async fn route(deps: &Deps, api: ApiRequest<JobsRoute>) -> Result<Response<Body>
             .await
         }
         JobsRoute::Read => {
-            let not_found = ApiError::NotFound { what: "job" };
             let id = api.param("id").unwrap_or_default();
-            if !valid_job_id(id) {
-                return Err(not_found);
-            }
-            let job = deps.jobs.get(id).await.map_err(|error| {
-                tracing::warn!(%error, job_id = id, "reading a job failed");
-                error.to_api_error()
-            })?;
-            // Another tenant's job is answered exactly like a missing one.
-            match job {
-                Some(job) if job.tenant == principal.tenant => {
-                    json_response(StatusCode::OK, &job.to_public_json())
-                }
-                _ => Err(not_found),
-            }
+            let job = read_own(&deps.jobs, &principal.tenant, id).await?;
+            json_response(StatusCode::OK, &job.to_public_json())
         }
     }
 }

@@ -246,7 +246,8 @@ pub fn is_permanent(error: &ApiError) -> bool {
         | ApiError::MalformedJson { .. }
         | ApiError::TooDeep { .. }
         | ApiError::PayloadTooLarge { .. }
-        | ApiError::UnsupportedMediaType => true,
+        | ApiError::UnsupportedMediaType
+        | ApiError::NotAcceptable { .. } => true,
         ApiError::BadGateway
         | ApiError::DependencyUnavailable { .. }
         | ApiError::DeadlineExceeded

@@ -168,6 +168,17 @@ where
             None,
         );
     }
+    if policy.reject_unknown_origins
+        && let Some(origin) = request.headers().get(header::ORIGIN)
+    {
+        let origin = origin.to_str().unwrap_or_default();
+        if !policy.origin_allowed(origin) {
+            let error = ApiError::OriginNotAllowed {
+                origin: origin.chars().take(100).collect(),
+            };
+            return ("rejected", Err(error), None);
+        }
+    }
     if request.body().len() > policy.max_body_bytes {
         return (
             "rejected",
@@ -305,6 +316,7 @@ mod tests {
             limits: None,
             slow_request_ms: 200.0,
             bulkhead: None,
+            reject_unknown_origins: false,
         }
     }
 
@@ -509,6 +521,41 @@ mod tests {
                 .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         );
         problem(&refused);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_origin_is_refused_on_every_request_when_the_policy_says_so() {
+        let strict = policy().rejecting_unknown_origins();
+        let send = |origin: Option<&'static str>| {
+            let strict = strict.clone();
+            async move {
+                let headers: Vec<(&str, &str)> =
+                    origin.map(|o| ("origin", o)).into_iter().collect();
+                let req = request("GET", "/v1/things", &headers, "");
+                serve(&strict, &ROUTES, req, |_| async {
+                    json_response(StatusCode::OK, &serde_json::json!([]))
+                })
+                .await
+            }
+        };
+        let refused = send(Some("https://evil.example")).await;
+        assert_eq!(refused.status(), 403);
+        assert_eq!(
+            problem(&refused)["type"],
+            "urn:sophia:problem:origin-not-allowed"
+        );
+        assert_eq!(send(Some("https://app.example.com")).await.status(), 200);
+        // Clients that are not browsers send no Origin.
+        assert_eq!(send(None).await.status(), 200);
+        // Without the option only preflights are checked.
+        let lenient = echo(request(
+            "GET",
+            "/v1/things",
+            &[("origin", "https://evil.example")],
+            "",
+        ))
+        .await;
+        assert_eq!(lenient.status(), 200);
     }
 
     #[tokio::test]

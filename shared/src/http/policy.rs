@@ -30,6 +30,9 @@ pub struct HttpPolicy {
     /// Consulted for routes that [`Route::sheds_when_busy`], after authentication
     /// and before the rate limits: a request that would be shed pays no round trip.
     pub bulkhead: Option<Arc<Bulkhead>>,
+    /// Refuse (403) any request whose `Origin` is present and not allowed, not
+    /// only preflights: what the MCP transport requires against DNS rebinding.
+    pub reject_unknown_origins: bool,
 }
 
 impl HttpPolicy {
@@ -67,6 +70,7 @@ impl HttpPolicy {
             limits: None,
             slow_request_ms: f64::from(slow_request_ms),
             bulkhead: None,
+            reject_unknown_origins: false,
         })
     }
 
@@ -74,6 +78,13 @@ impl HttpPolicy {
     /// `bulkhead` is full.
     pub fn with_bulkhead(mut self, bulkhead: Arc<Bulkhead>) -> Self {
         self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// The same policy, answering 403 to every request from an origin that is
+    /// not allowed (browsers' requests carry `Origin`; other clients send none).
+    pub fn rejecting_unknown_origins(mut self) -> Self {
+        self.reject_unknown_origins = true;
         self
     }
 

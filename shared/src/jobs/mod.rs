@@ -264,13 +264,17 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         return Ok(None);
     };
     let key = value.to_str().unwrap_or_default();
-    let valid = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
-    if !valid {
+    if !valid_idempotency_key(key) {
         return Err(ApiError::invalid(
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         ));
     }
     Ok(Some(key.to_owned()))
+}
+
+/// 1 to 255 visible ASCII characters (the header's rule, for the job tools too).
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use crate::auth::{Principal, SCOPE_JOBS};
 use crate::guard::quota::Quotas;
 use crate::jobs::store::JobStore;
-use crate::jobs::{NewJob, idempotency_key, job_id};
+use crate::jobs::{Job, NewJob, Submission, idempotency_key, job_id, valid_job_id};
 use crate::observability::MetricSet;
 use crate::problem::ApiError;
 use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -41,9 +41,10 @@ pub struct JobRequest<'a> {
 }
 
 /// Stores the validated request (`upstream`: the body the fleet will get) as a
-/// job and sends it to the worker. With
-/// `quotas`, a new job counts one request against the tenant's daily quota; a
-/// replayed `Idempotency-Key` (or a refused one) does not.
+/// job and sends it to the worker, answering `202 Accepted` with `Location`.
+/// `Idempotency-Key` comes from `headers`. With `quotas`, a new job counts one
+/// request against the tenant's daily quota; a replayed key (or a refused one)
+/// does not.
 pub async fn submit(
     store: &JobStore,
     job: JobRequest<'_>,
@@ -52,6 +53,32 @@ pub async fn submit(
     service: &'static str,
     quotas: Option<&Quotas>,
 ) -> Result<Response<Body>, ApiError> {
+    let key = idempotency_key(headers)?;
+    let submission = submit_job(store, job, principal, key.as_deref(), service, quotas).await?;
+    let job = &submission.job;
+    let mut response =
+        crate::http::request::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    response.headers_mut().insert(header::LOCATION, location);
+    if submission.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// [`submit`] without HTTP: the job tools call this. `key` is an
+/// already-validated idempotency key (see [`crate::jobs::valid_idempotency_key`]).
+pub async fn submit_job(
+    store: &JobStore,
+    job: JobRequest<'_>,
+    principal: &Principal,
+    key: Option<&str>,
+    service: &'static str,
+    quotas: Option<&Quotas>,
+) -> Result<Submission, ApiError> {
     let JobRequest {
         upstream,
         model,
@@ -67,10 +94,9 @@ pub async fn submit(
             "a job's answer is read from GET /v1/jobs/{id}, not streamed; leave stream unset",
         ));
     }
-    let key = idempotency_key(headers)?;
     let request = upstream.to_string();
     if let Some(quotas) = quotas {
-        let seen = match &key {
+        let seen = match key {
             Some(key) => store
                 .get(&job_id(&principal.tenant, Some(key)))
                 .await
@@ -87,7 +113,7 @@ pub async fn submit(
             tenant: &principal.tenant,
             model,
             request: &request,
-            idempotency_key: key.as_deref(),
+            idempotency_key: key,
         })
         .await
         .map_err(|error| {
@@ -111,17 +137,24 @@ pub async fn submit(
             )
             .emit();
     }
-    let mut response =
-        crate::http::request::json_response(StatusCode::ACCEPTED, &job.to_public_json())?;
-    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    response.headers_mut().insert(header::LOCATION, location);
-    if submission.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(submission)
+}
+
+/// The caller's job `id`; another tenant's job is a 404 exactly like a missing
+/// one. Shared by `GET /v1/jobs/{id}` and the `job_status` tool.
+pub async fn read_own(store: &JobStore, tenant: &str, id: &str) -> Result<Job, ApiError> {
+    let not_found = ApiError::NotFound { what: "job" };
+    if !valid_job_id(id) {
+        return Err(not_found);
     }
-    Ok(response)
+    let job = store.get(id).await.map_err(|error| {
+        tracing::warn!(%error, job_id = id, "reading a job failed");
+        error.to_api_error()
+    })?;
+    match job {
+        Some(job) if job.tenant == tenant => Ok(job),
+        _ => Err(not_found),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use sophia_shared::config::Env;
 
 pub mod chat;
 pub mod jobs;
+pub mod mcp;
 
 pub const REGION: &str = "us-east-1";
 
@@ -232,6 +233,26 @@ pub fn json_request(
     }
 }
 
+/// An HTTP request as API Gateway passes it to a function: the whole body
+/// read, the URI reduced to its path.
+pub async fn lambda_request_from(
+    request: axum::extract::Request,
+) -> http::Request<lambda_http::Body> {
+    use http_body_util::BodyExt;
+
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let mut lambda_request =
+        http::Request::from_parts(parts, lambda_http::Body::from(bytes.to_vec()));
+    *lambda_request.uri_mut() = path.parse().expect("path");
+    lambda_request
+}
+
 /// Serves api-chat over real HTTP on a free loopback port,
 /// the way a function URL would, so real clients (the OpenAI SDK) can call it.
 /// The server stops when the returned handle is dropped.
@@ -245,16 +266,7 @@ pub async fn serve_chat_over_http(
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
         let deps = deps.clone();
         async move {
-            let (parts, body) = request.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let path = parts.uri.path().to_owned();
-            let mut lambda_request =
-                http::Request::from_parts(parts, lambda_http::Body::from(bytes.to_vec()));
-            *lambda_request.uri_mut() = path.parse().expect("path");
+            let lambda_request = lambda_request_from(request).await;
             let response = api_chat::handler::handle(&deps, lambda_request).await;
             let (parts, body) = response.into_parts();
             let frames = body

@@ -321,6 +321,7 @@ async fn every_function_starts_with_only_its_own_template_environment() {
     starts!("api-memory", |env| api_memory::handler::Deps::from_env(
         env, &sdk
     ));
+    starts!("api-mcp", |env| api_mcp::handler::Deps::from_env(env, &sdk));
     starts!("worker-memory-embed", |env| {
         let deps = worker_memory_embed::handler::Deps::from_env(env, &sdk);
         async move { deps.map(|_| ()) }

@@ -1,0 +1,4 @@
+//! api-mcp: the MCP gateway.
+pub mod envelope;
+pub mod handler;
+pub mod server;

@@ -1,0 +1,375 @@
+//! The MCP gateway's overhead, in process.
+//!
+//! 1. A built-in tool call (`job_status`: one GetItem of its own) through
+//!    api-mcp's whole handler: the pipeline (token, rate limit), the envelope
+//!    checks, rmcp, the gateway (per-tool rate limit, audit, metrics). Every
+//!    AWS call goes through a timing HTTP client; the overhead is the handler's
+//!    wall time minus the time AWS calls were in flight (their union, as some
+//!    run concurrently), i.e. our code and the SDK's, not moto's service time.
+//!    The AWS calls are counted by operation.
+//! 2. A federated call (`everything__echo` on server-everything from npm)
+//!    through the handler, paired with the same call made directly to the
+//!    upstream over its session: the difference, with and without the AWS time.
+//!
+//! AWS is the local moto server provisioned from infra/.
+
+// A bench tool: failing loudly is right.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use clap::Parser;
+use harness::mcp::Upstream;
+use harness::{issue_token_for, local_aws, start_sim, unique_stack, with_bearer};
+use serde_json::{Value, json};
+use sophia_shared::aws::{AwsSettings, configure};
+use sophia_shared::config::Env;
+use sophia_shared::outbound::{Exchange, OutboundClient, OutboundSettings};
+
+#[derive(Parser)]
+struct Args {
+    /// Calls measured per case (after a warm-up of 20).
+    #[arg(long, default_value_t = 300)]
+    calls: usize,
+}
+
+/// In-flight intervals of every AWS call.
+#[derive(Debug, Default)]
+struct Recorder {
+    calls: Mutex<Vec<(String, Instant, Instant)>>,
+}
+
+#[derive(Debug)]
+struct TimingClient {
+    inner: SharedHttpClient,
+    recorder: Arc<Recorder>,
+}
+
+#[derive(Debug)]
+struct TimingConnector {
+    inner: SharedHttpConnector,
+    recorder: Arc<Recorder>,
+}
+
+impl HttpClient for TimingClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(TimingConnector {
+            inner: self.inner.http_connector(settings, components),
+            recorder: self.recorder.clone(),
+        })
+    }
+}
+
+impl HttpConnector for TimingConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .map(|t| t.rsplit('.').next().unwrap_or(t).to_owned())
+            .unwrap_or_else(|| "other".to_owned());
+        let inner = self.inner.call(request);
+        let recorder = self.recorder.clone();
+        HttpConnectorFuture::new(async move {
+            let started = Instant::now();
+            let response = inner.await;
+            recorder
+                .calls
+                .lock()
+                .unwrap()
+                .push((operation, started, Instant::now()));
+            response
+        })
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<(String, Instant, Instant)> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+/// How long at least one of `calls` was in flight.
+fn union(calls: &[(String, Instant, Instant)]) -> Duration {
+    let mut spans: Vec<(Instant, Instant)> = calls.iter().map(|(_, a, b)| (*a, *b)).collect();
+    spans.sort();
+    let mut total = Duration::ZERO;
+    let mut current: Option<(Instant, Instant)> = None;
+    for (start, end) in spans {
+        current = match current {
+            Some((a, b)) if start <= b => Some((a, b.max(end))),
+            Some((a, b)) => {
+                total += b - a;
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some((a, b)) = current {
+        total += b - a;
+    }
+    total
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(label: &str, mut samples: Vec<f64>) {
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "mcp: {label:<58} p50 {:>7.3} ms  p99 {:>7.3} ms  (n={})",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.len()
+    );
+}
+
+fn meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+fn call_request(token: &str, tool: &str, arguments: Value) -> lambda_http::Request {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": tool, "arguments": arguments, "_meta": meta()}});
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/mcp")
+        .header("host", "127.0.0.1:9000")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(lambda_http::Body::from(body.to_string()))
+        .unwrap();
+    with_bearer(request, token)
+}
+
+async fn run(deps: &api_mcp::handler::Deps, request: lambda_http::Request) -> Value {
+    let response = api_mcp::handler::handle(deps, request).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(body["result"]["isError"], false, "{body}");
+    body
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let stack = local_aws().provision(&unique_stack("bench-mcp"), &[]);
+    let sim = start_sim().await;
+    let recorder = Arc::new(Recorder::default());
+    let timing = SharedHttpClient::new(TimingClient {
+        inner: aws_smithy_http_client::Builder::new().build_http(),
+        recorder: recorder.clone(),
+    });
+    let settings = AwsSettings::from_env(&Env::new(&[
+        ("AWS_ATTEMPT_TIMEOUT_MS", "15000"),
+        ("AWS_OPERATION_TIMEOUT_MS", "30000"),
+    ]))
+    .unwrap();
+    let sdk = configure(aws_config::defaults(BehaviorVersion::latest()), settings)
+        .endpoint_url(&local_aws().endpoint)
+        .region(Region::new(harness::REGION))
+        .test_credentials()
+        .http_client(timing)
+        .load()
+        .await;
+    let mut env = stack.env_with(&[
+        ("FLEET_ENDPOINTS", &format!("primary={}", sim.base_url())),
+        ("RATE_LIMIT_PRINCIPAL_BURST", "1000000"),
+        ("RATE_LIMIT_IP_BURST", "1000000"),
+        ("MCP_TOOL_RATE_BURST", "1000000"),
+        ("MCP_ALLOW_PRIVATE_UPSTREAMS", "true"),
+    ]);
+    env.remove("FLEET_TOKEN_SECRET");
+    let deps = api_mcp::handler::Deps::from_env(&Env::new(&env), &sdk)
+        .await
+        .unwrap();
+    let token = issue_token_for(&stack, "bench", "key:bench", &["tools", "jobs"]).await;
+
+    // 1. A built-in tool.
+    let request = json!({"model": "sophia-small", "messages": [{"role": "user", "content": "x"}]});
+    let job = run(
+        &deps,
+        call_request(&token, "job_submit", json!({"request": request})),
+    )
+    .await;
+    let id = job["result"]["structuredContent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut overhead, mut wall, mut calls_per) = (Vec::new(), Vec::new(), Vec::new());
+    let mut operations: BTreeMap<String, usize> = BTreeMap::new();
+    for round in 0..args.calls + 20 {
+        recorder.take();
+        let started = Instant::now();
+        run(&deps, call_request(&token, "job_status", json!({"id": id}))).await;
+        let elapsed = started.elapsed();
+        let calls = recorder.take();
+        if round < 20 {
+            continue;
+        }
+        wall.push(elapsed.as_secs_f64() * 1000.0);
+        overhead.push(elapsed.saturating_sub(union(&calls)).as_secs_f64() * 1000.0);
+        calls_per.push(calls.len() as f64);
+        for (operation, _, _) in calls {
+            *operations.entry(operation).or_default() += 1;
+        }
+    }
+    report("built-in job_status: wall time (moto included)", wall);
+    report(
+        "built-in job_status: gateway overhead (wall - AWS in flight)",
+        overhead,
+    );
+    calls_per.sort_by(f64::total_cmp);
+    let per_call: Vec<String> = operations
+        .iter()
+        .map(|(op, n)| format!("{op} {:.1}", *n as f64 / args.calls as f64))
+        .collect();
+    println!(
+        "mcp: AWS calls per built-in call: median {} ({})",
+        percentile(&calls_per, 0.5),
+        per_call.join(", ")
+    );
+
+    // 2. A federated tool, paired with the same upstream called directly.
+    let everything = Upstream::everything();
+    let admin = issue_token_for(&stack, "bench", "key:admin", &["admin"]).await;
+    let admin_deps = api_admin::handler::Deps::from_env(&Env::new(&env), &sdk)
+        .await
+        .unwrap();
+    let registration = json!({"url": everything.url(), "allowed_tools": ["echo"]});
+    let put = harness::json_request(
+        "PUT",
+        "/v1/admin/mcp-servers/everything",
+        &registration,
+        None,
+    );
+    let response = api_admin::handler::handle(&admin_deps, with_bearer(put, &admin)).await;
+    assert_eq!(response.status(), 200);
+    let direct = Direct::connect(&everything.url()).await;
+    let (mut gateway, mut upstream, mut difference, mut difference_no_aws) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.calls + 20 {
+        recorder.take();
+        let started = Instant::now();
+        let body = run(
+            &deps,
+            call_request(&token, "everything__echo", json!({"message": "hi"})),
+        )
+        .await;
+        let through = started.elapsed();
+        let aws = union(&recorder.take());
+        assert_eq!(body["result"]["content"][0]["text"], "Echo: hi");
+        let started = Instant::now();
+        direct.echo().await;
+        let alone = started.elapsed();
+        if round < 20 {
+            continue;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        gateway.push(ms(through));
+        upstream.push(ms(alone));
+        difference.push(ms(through) - ms(alone));
+        difference_no_aws.push(ms(through.saturating_sub(aws)) - ms(alone));
+    }
+    report("federated echo through the gateway", gateway);
+    report("the same echo, straight to the upstream", upstream);
+    report("federated: paired difference", difference);
+    report(
+        "federated: paired difference without AWS in flight",
+        difference_no_aws,
+    );
+}
+
+/// The upstream called without the gateway: one session, then tools/call.
+struct Direct {
+    http: OutboundClient,
+    url: String,
+    session: String,
+}
+
+impl Direct {
+    async fn connect(url: &str) -> Self {
+        let http = OutboundClient::new(OutboundSettings::default()).unwrap();
+        let answer = http
+            .exchange(Exchange {
+                method: http::Method::POST,
+                url,
+                headers: &[(
+                    "accept".into(),
+                    "application/json, text/event-stream".into(),
+                )],
+                json: &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"}}}),
+                timeout: Duration::from_secs(5),
+                max_answer_bytes: 1 << 20,
+                ctx: None,
+            })
+            .await
+            .unwrap();
+        let session = answer.headers["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let direct = Self {
+            http,
+            url: url.to_owned(),
+            session,
+        };
+        direct
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        direct
+    }
+
+    async fn post(&self, body: Value) -> bytes::Bytes {
+        let headers = [
+            (
+                "accept".to_owned(),
+                "application/json, text/event-stream".to_owned(),
+            ),
+            ("mcp-session-id".to_owned(), self.session.clone()),
+            ("mcp-protocol-version".to_owned(), "2025-11-25".to_owned()),
+        ];
+        self.http
+            .exchange(Exchange {
+                method: http::Method::POST,
+                url: &self.url,
+                headers: &headers,
+                json: &body,
+                timeout: Duration::from_secs(5),
+                max_answer_bytes: 1 << 20,
+                ctx: None,
+            })
+            .await
+            .unwrap()
+            .body
+    }
+
+    async fn echo(&self) {
+        let body = self
+            .post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                         "params": {"name": "echo", "arguments": {"message": "hi"}}}))
+            .await;
+        assert!(String::from_utf8_lossy(&body).contains("Echo: hi"));
+    }
+}
