@@ -6,8 +6,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 runs=${BENCH_RUNS:-30}
 
-echo "==> building release binaries for this host (same code and profile as the arm64 zips)"
-cargo build --release --locked -p api-health -p bench -p fleet-sim
+functions=$(ls functions)
+echo "==> building release binaries for this host (same code and profile as the arm64 zips; several minutes from a clean target/)"
+# shellcheck disable=SC2046 # one -p per function
+cargo build --release --locked -p bench -p fleet-sim $(printf -- '-p %s ' $functions)
 
 echo
 echo "==> cold start: api-health, $runs runs"
@@ -15,6 +17,10 @@ target/release/coldstart --binary target/release/api-health --event events/api-h
   --runs "$runs" \
   --env STATE_TABLE=bench-state --env JOBS_QUEUE_URL=http://127.0.0.1:9/q \
   --env FLEET_ENDPOINTS=primary=http://127.0.0.1:9
+
+echo
+echo "==> cold start of every function against the local AWS, ${BENCH_COLD_RUNS:-10} runs each"
+target/release/coldstarts --runs "${BENCH_COLD_RUNS:-10}"
 
 echo
 echo "==> api-chat: handler overhead and failover latency (its logs and EMF lines are discarded)"

@@ -89,7 +89,9 @@ impl Deps {
     ) -> Result<Self, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let settings = McpSettings::from_env(env)?;
-        let inference = Arc::new(Inference::from_env(SERVICE, env, sdk)?);
+        // One HTTP pool for the fleet and the upstream MCP servers.
+        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
+        let inference = Arc::new(Inference::from_env_sharing(SERVICE, env, sdk, &outbound)?);
         let audit = AuditLog::new(dynamodb.clone(), env.required("AUDIT_TABLE")?);
         let memory = Arc::new(MemoryService::new(
             MemorySettings::from_env(env)?,
@@ -106,7 +108,6 @@ impl Deps {
             env.required("AUTH_TABLE")?,
             settings.clone(),
         );
-        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
         let gateway = Arc::new(Gateway::new(
             builtins,
             registry,

@@ -125,16 +125,26 @@ impl FleetClient {
         env: &Env<'_>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, crate::startup::InitError> {
+        let outbound = OutboundClient::new(crate::outbound::OutboundSettings::from_env(env)?)?;
+        Self::from_env_sharing(env, sdk, &outbound)
+    }
+
+    /// [`Self::from_env`] on a pool the function already has (one HTTP client,
+    /// and its TLS setup, per cold start).
+    pub fn from_env_sharing(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        outbound: &OutboundClient,
+    ) -> Result<Self, crate::startup::InitError> {
         let settings = FleetSettings::from_env(env)?;
         let health = Arc::new(SharedHealth::new(
             aws_sdk_dynamodb::Client::new(sdk),
             env.required("STATE_TABLE")?,
             settings.health_cache,
         ));
-        let outbound = OutboundClient::new(crate::outbound::OutboundSettings::from_env(env)?)?;
         let secrets = aws_sdk_secretsmanager::Client::new(sdk);
         Ok(Self::new(
-            &outbound,
+            outbound,
             upstreams_from_env(env, Some(&secrets))?,
             settings,
             Some(health),

@@ -26,6 +26,7 @@ use crate::fleet::error::FleetError;
 use crate::guard::bulkhead::BulkheadPermit;
 use crate::guard::quota::Quotas;
 use crate::observability::RequestContext;
+use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::problem::ApiError;
 use crate::startup::InitError;
 use chat::Limits;
@@ -52,6 +53,17 @@ impl Inference {
         env: &Env<'_>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, InitError> {
+        let outbound = OutboundClient::new(OutboundSettings::from_env(env)?)?;
+        Self::from_env_sharing(service, env, sdk, &outbound)
+    }
+
+    /// [`Self::from_env`] with the fleet client on the function's own pool.
+    pub fn from_env_sharing(
+        service: &'static str,
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        outbound: &OutboundClient,
+    ) -> Result<Self, InitError> {
         let chat_limits = Limits::from_env(env)?;
         let embedding_limits = EmbeddingLimits::from_env(env)?;
         let priced: Vec<String> = chat_limits
@@ -63,7 +75,7 @@ impl Inference {
         let prices = PriceTable::parse(&env.required("PRICE_TABLE")?, &priced)?;
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
-            fleet: Arc::new(FleetClient::from_env(env, sdk)?),
+            fleet: Arc::new(FleetClient::from_env_sharing(env, sdk, outbound)?),
             catalog: Catalog::new(env, &chat_limits.models, &embedding_limits.models)?,
             chat_limits,
             embedding_limits,

@@ -4,7 +4,9 @@
 //! A minimal Runtime API (`/2018-06-01/runtime/invocation/next` and `/response`)
 //! serves one event per run; the binary is started fresh for each run, its first
 //! response timestamped, its peak RSS (VmHWM) read, and the process killed.
-//! Prints min, median, p90 and max over `--runs`.
+//! Init (process start → the first poll of `/next`, what Lambda reports as
+//! Init Duration) is timed apart from the first answer, which includes the
+//! event's own work. Prints min, median, p90 and max over `--runs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // a bench tool: fail loudly
 
@@ -35,12 +37,17 @@ struct Args {
     /// KEY=VALUE environment for the function (repeatable).
     #[arg(long = "env")]
     env: Vec<String>,
+    /// Text the first answer must contain.
+    #[arg(long, default_value = "\"statusCode\":200")]
+    expect: String,
 }
 
 struct Api {
     event: String,
     generation: AtomicU64,
     served: AtomicU64,
+    /// When the current process first asked for an event: its init is done.
+    initialized: std::sync::Mutex<Option<Instant>>,
     responses: mpsc::UnboundedSender<(Instant, String)>,
 }
 
@@ -50,6 +57,7 @@ async fn next(State(api): State<Arc<Api>>) -> impl IntoResponse {
         // One invocation per process: later polls wait until the process is killed.
         std::future::pending::<()>().await;
     }
+    *api.initialized.lock().unwrap() = Some(Instant::now());
     let deadline = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -122,6 +130,7 @@ async fn main() {
         event,
         generation: AtomicU64::new(1),
         served: AtomicU64::new(0),
+        initialized: std::sync::Mutex::new(None),
         responses: tx,
     });
     let app = Router::new()
@@ -136,6 +145,7 @@ async fn main() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
+    let mut init_ms = Vec::new();
     let mut cold_ms = Vec::new();
     let mut rss_mib = Vec::new();
     for run in 1..=args.runs {
@@ -167,10 +177,9 @@ async fn main() {
             .await
             .expect("no response within 10 s")
             .expect("channel");
-        assert!(
-            body.contains("\"statusCode\":200"),
-            "unexpected answer: {body}"
-        );
+        assert!(body.contains(&args.expect), "unexpected answer: {body}");
+        let initialized = api.initialized.lock().unwrap().take().expect("polled");
+        init_ms.push(initialized.duration_since(started).as_secs_f64() * 1000.0);
         cold_ms.push(answered.duration_since(started).as_secs_f64() * 1000.0);
         if let Some(kib) = child.id().and_then(peak_rss_kib) {
             rss_mib.push(kib as f64 / 1024.0);
@@ -183,6 +192,7 @@ async fn main() {
         args.runs,
         args.event.display()
     );
+    summary("process start -> init done", "ms", init_ms);
     summary("process start -> 1st answer", "ms", cold_ms);
     if !rss_mib.is_empty() {
         summary("peak RSS after 1st answer", "MiB", rss_mib);
