@@ -688,7 +688,7 @@ PATHS: dict[str, Any] = {
             **ok("202", "A notification, accepted", None),
             "404": {"description": "An unknown method (-32601)", "content": json_content(ref("JsonRpcResponse"))},
             "400": {"description": "A JSON-RPC error for a body that is not valid JSON-RPC (-32700, -32600, "
-                                   "-32020, -32022), or a problem for a request refused before the protocol",
+                                   "-32602, -32020, -32022), or a problem for a request refused before the protocol",
                     "headers": HEADERS,
                     "content": {**json_content(ref("JsonRpcResponse")),
                                 "application/problem+json": {"schema": ref("Problem")}}},
@@ -696,8 +696,8 @@ PATHS: dict[str, Any] = {
         description="Tools: memory_store, memory_recall, memory_forget, job_submit, job_status, chat_complete "
                     "(each needs its REST route's scope too) and the tenant's registered upstream servers' "
                     "tools as <server>__<tool>. A 400 is a JSON-RPC error when the body was JSON-RPC "
-                    "(-32700 parse error, -32600 invalid request, -32020 header mismatch, -32022 "
-                    "unsupported protocol version). 401 answers carry WWW-Authenticate with "
+                    "(-32700 parse error, -32600 invalid request, -32602 params not an object, -32020 header "
+                    "mismatch, -32022 unsupported protocol version). 401 answers carry WWW-Authenticate with "
                     "resource_metadata.")},
     "/.well-known/oauth-protected-resource": {"get": operation(
         "RFC 9728 protected-resource metadata of the MCP endpoint", "protectedResource", "tools", None,

@@ -78,5 +78,12 @@ done
 echo "==> dev stack ready after ${SECONDS} s; running: $*"
 status=0
 "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+  # What the functions said when something went wrong: panics, cargo lambda's
+  # own errors (an invocation it answered 500) and error-level log lines.
+  echo "==> the command failed; errors in the functions' log (${SOPHIA_STATE_DIR#"$root"/}/watch.log):" >&2
+  grep -a -E "panicked|ERROR|WARN|\"level\":\"(ERROR|WARN)\"" "$SOPHIA_STATE_DIR/watch.log" 2>/dev/null \
+    | grep -a -v '"status":[1-4][0-9][0-9]' | grep -a -v 'AWS_LAMBDA_MAX_CONCURRENCY' | cut -c1-400 | tail -n 60 >&2 || true
+fi
 stop || status=$((status == 0 ? 1 : status))
 exit "$status"

@@ -6,8 +6,10 @@
 //! - a batch array, a non-object, `jsonrpc` other than `"2.0"`, a method that
 //!   is not a string, an `id` that is not a string or an integer: `-32600`
 //!   invalid request (HTTP 400; batching left MCP in 2025-06-18);
-//! - `params` that are not an object, or a `tools/call` without a string `name`
-//!   or with `arguments` that are not an object: `-32602` invalid params;
+//! - `params` that are not an object (null included): `-32602` invalid params
+//!   with HTTP 400 (the message is not one MCP's schema allows); a `tools/call`
+//!   without a string `name` or with `arguments` that are not an object:
+//!   `-32602` in a JSON-RPC answer;
 //! - an `MCP-Protocol-Version` this server does not implement: `-32022`
 //!   (`UnsupportedProtocolVersion`, HTTP 400) with the supported versions.
 //!
@@ -133,9 +135,19 @@ pub fn check(headers: &HeaderMap, body: &[u8], supported: &[&str]) -> Option<Ref
         ))
     };
     let params = match object.get("params") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::Object(params)) => Some(params),
-        Some(_) => return invalid_params(id, "params must be an object"),
+        // Not a message MCP's schema allows (params is an object or absent):
+        // the input is refused with HTTP 400, as for other malformed messages.
+        Some(_) => {
+            return Some(refusal(
+                bad,
+                id,
+                INVALID_PARAMS,
+                "Invalid params: params must be an object".to_owned(),
+                None,
+            ));
+        }
     };
     if method == "tools/call" {
         let Some(params) = params else {
@@ -192,7 +204,11 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#),
-            Some((200, INVALID_PARAMS))
+            Some((400, INVALID_PARAMS))
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":null}"#),
+            Some((400, INVALID_PARAMS))
         );
         assert_eq!(
             code(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
