@@ -34,10 +34,14 @@ report_dir=$root/target/api-fuzz
 mkdir -p "$report_dir"
 echo "==> schemathesis against $base (report in ${report_dir#"$root"/})"
 cd "$report_dir"
+# One worker: `cargo lambda watch` runs each function as one instance with
+# concurrency 1, so a second worker's request waits behind a slow one (the
+# audit-chain verify reads every entry) and the emulator twice answered such a
+# request with its own 500 before our function saw it. Lambda would scale out.
 SCHEMATHESIS_HOOKS=api_fuzz_hooks PYTHONPATH="$root/tools" \
   "$root/.venv/bin/st" --config-file "$root/tools/schemathesis.toml" run "$base/openapi.json" --url "$base" \
   -H "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,ignored_auth \
   --max-examples "${API_FUZZ_EXAMPLES:-20}" --max-time "${API_FUZZ_SECONDS:-150}" \
-  --wait-for-schema 120 --workers 2 --request-timeout 30 --seed "${API_FUZZ_SEED:-20261201}" \
+  --wait-for-schema 120 --workers 1 --request-timeout 30 --seed "${API_FUZZ_SEED:-20261201}" \
   --report junit --report-dir "$report_dir" --output-truncate true
