@@ -34,6 +34,12 @@ pub const MODERN: &str = "2026-07-28";
 pub const LEGACY: &str = "2025-11-25";
 /// `tools/list` pages read from one server at most.
 const MAX_PAGES: usize = 10;
+/// One deadline for a whole call: the registration's timeout, or the Lambda's
+/// remaining time (minus the pipeline's margin) when that comes first.
+fn call_deadline(server: &UpstreamServer, ctx: &RequestContext) -> Instant {
+    (Instant::now() + Duration::from_millis(server.timeout_ms)).min(ctx.deadline)
+}
+
 /// An idempotent call is retried only with at least this much time left.
 const MIN_RETRY_TIME: Duration = Duration::from_millis(100);
 
@@ -165,8 +171,7 @@ impl UpstreamClient {
         credentials: Option<&Credentials>,
         ctx: &RequestContext,
     ) -> Result<Vec<Value>, UpstreamError> {
-        let deadline =
-            (Instant::now() + Duration::from_millis(server.timeout_ms)).min(ctx.deadline);
+        let deadline = call_deadline(server, ctx);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -210,9 +215,7 @@ impl UpstreamClient {
         idempotent: bool,
         ctx: &RequestContext,
     ) -> Result<Value, UpstreamError> {
-        // The Lambda's remaining time bounds it too (minus the pipeline's margin).
-        let deadline =
-            (Instant::now() + Duration::from_millis(server.timeout_ms)).min(ctx.deadline);
+        let deadline = call_deadline(server, ctx);
         let params = json!({"name": tool, "arguments": arguments});
         let call = |params| {
             self.guarded(
