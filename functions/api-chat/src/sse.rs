@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
 use sophia_shared::auth::Principal;
+use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
 use sophia_shared::inference::usage::{Billing, Usage};
 
@@ -20,7 +21,7 @@ pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, In
 /// and turns a broken upstream into an error event.
 pub struct Pump {
     pub upstream: FleetStream,
-    buffer: Vec<u8>,
+    framer: SseFramer,
     pending: VecDeque<Bytes>,
     finished: bool,
     usage: Option<Usage>,
@@ -44,7 +45,7 @@ impl Pump {
     ) -> Self {
         Self {
             upstream,
-            buffer: Vec::new(),
+            framer: SseFramer::default(),
             pending: VecDeque::new(),
             finished: false,
             usage: None,
@@ -74,9 +75,9 @@ impl Pump {
             }
             match self.upstream.next_chunk().await {
                 Some(Ok(chunk)) => {
-                    self.buffer.extend_from_slice(&chunk);
+                    self.framer.push(&chunk);
                     self.drain_events().await;
-                    if !self.finished && self.buffer.len() > MAX_EVENT_BYTES {
+                    if !self.finished && self.framer.pending_len() > MAX_EVENT_BYTES {
                         self.fail("an upstream event was too large").await;
                     }
                 }
@@ -87,18 +88,7 @@ impl Pump {
     }
 
     async fn drain_events(&mut self) {
-        while let Some(end) = find_event_end(&self.buffer) {
-            let event: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
-            let text = String::from_utf8_lossy(&event[..end.0]);
-            let data: Vec<&str> = text
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let payload = data.join("\n");
+        while let Some(payload) = self.framer.next_data() {
             if payload == "[DONE]" {
                 self.finish_ok().await;
                 return;
@@ -153,30 +143,5 @@ impl Pump {
         self.pending
             .push_back(Bytes::from(format!("event: error\ndata: {event}\n\n")));
         self.finished = true;
-    }
-}
-
-/// Where the first complete event ends: (length of the event, length of the separator).
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_split_on_blank_lines_of_either_style() {
-        assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
-        assert_eq!(find_event_end(b"data: a\n"), None);
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::config::{ConfigError, Env};
+use crate::fleet::assemble::{AssembleError, CollectError, collect};
 use crate::fleet::breaker::{Admission, Breaker, BreakerState};
 use crate::fleet::endpoint::{EndpointState, lock, report_transition};
 use crate::fleet::error::{
@@ -44,6 +45,17 @@ struct Won<T> {
     attempts: u32,
     permit: BulkheadPermit,
     slot: OwnedSemaphorePermit,
+}
+
+impl Won<Value> {
+    fn into_reply(self) -> FleetReply {
+        FleetReply {
+            endpoint: self.endpoint,
+            kind: self.kind,
+            body: self.value,
+            attempts: self.attempts,
+        }
+    }
 }
 
 /// Snapshot of one endpoint for the dashboard and tests.
@@ -180,16 +192,36 @@ impl FleetClient {
         })
     }
 
-    /// `POST /v1/chat/completions` without streaming, in the slot `permit`
-    /// ([`Self::admit`]).
+    /// `POST /v1/chat/completions` for a caller that wants the whole answer, in
+    /// the slot `permit` ([`Self::admit`]). Asked of the fleet as a stream and
+    /// assembled here ([`crate::fleet::assemble`]), so a dead or hung endpoint
+    /// costs at most the first-chunk timeout before failover, not the whole
+    /// attempt timeout; a stream that breaks mid-way fails over too, since the
+    /// caller has seen nothing yet. Audio output is the exception: its chunks
+    /// do not merge as text, so it is asked for whole.
     pub async fn chat(
         &self,
         permit: BulkheadPermit,
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
-        self.unary(permit, "/v1/chat/completions", request, ctx)
-            .await
+        let wants_audio = request["modalities"]
+            .as_array()
+            .is_some_and(|modalities| modalities.iter().any(|m| m == "audio"));
+        if wants_audio {
+            return self
+                .unary(permit, "/v1/chat/completions", request, ctx)
+                .await;
+        }
+        let mut body = request.clone();
+        body["stream"] = Value::Bool(true);
+        body["stream_options"] = serde_json::json!({ "include_usage": true });
+        let won = self
+            .run(permit, ctx, |state, timeout, token| {
+                self.attempt_assembled(state, &body, timeout, token, ctx)
+            })
+            .await?;
+        Ok(won.into_reply())
     }
 
     /// `POST /v1/embeddings`, in the slot `permit`.
@@ -214,12 +246,7 @@ impl FleetClient {
                 self.attempt_unary(state, path, request, timeout, token, ctx)
             })
             .await?;
-        Ok(FleetReply {
-            endpoint: won.endpoint,
-            kind: won.kind,
-            body: won.value,
-            attempts: won.attempts,
-        })
+        Ok(won.into_reply())
     }
 
     /// `POST /v1/chat/completions` with `stream: true`. Returns once the first chunk
@@ -540,6 +567,101 @@ impl FleetClient {
         })
     }
 
+    /// Sends a streamed request and waits, at most the first-chunk timeout for
+    /// its size, for the status and the first chunk. A server that answers
+    /// JSON instead of a stream comes back whole.
+    async fn first_chunk(
+        &self,
+        state: &EndpointState,
+        body: &Value,
+        timeout: Duration,
+        token: Option<String>,
+        ctx: &RequestContext,
+    ) -> Result<FirstChunk, AttemptError> {
+        let ttft = self
+            .settings
+            .first_chunk_timeout(serialized_len(body), timeout);
+        if ttft.is_zero() {
+            return Err(retryable(FailureReason::FirstTokenTimeout));
+        }
+        let name = &state.upstream.endpoint.name;
+        let first = tokio::time::timeout(ttft, async {
+            let response = self
+                .request(state, "/v1/chat/completions", body, token, ctx)
+                .send()
+                .await
+                .map_err(|error| classify_transport(&error))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(classify_status(name, status, response).await);
+            }
+            let is_json = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("application/json"));
+            if is_json {
+                return Ok(FirstChunk::Whole(response));
+            }
+            let mut chunks: ByteStream = Box::pin(response.bytes_stream());
+            match chunks.next().await {
+                Some(Ok(first)) => Ok(FirstChunk::Stream(first, chunks)),
+                Some(Err(_)) | None => Err(retryable(FailureReason::Transport)),
+            }
+        })
+        .await;
+        match first {
+            Ok(result) => result,
+            Err(_) => Err(retryable(FailureReason::FirstTokenTimeout)),
+        }
+    }
+
+    async fn attempt_assembled(
+        &self,
+        state: &EndpointState,
+        body: &Value,
+        timeout: Duration,
+        token: Option<String>,
+        ctx: &RequestContext,
+    ) -> Result<Value, AttemptError> {
+        let until = Instant::now() + timeout;
+        let name = &state.upstream.endpoint.name;
+        let upstream_error = || {
+            AttemptError::Fatal(FleetError::Upstream {
+                endpoint: name.clone(),
+                status: 200,
+            })
+        };
+        match self.first_chunk(state, body, timeout, token, ctx).await? {
+            FirstChunk::Whole(response) => {
+                let left = until.saturating_duration_since(Instant::now());
+                let bytes = match tokio::time::timeout(left, response.bytes()).await {
+                    Ok(bytes) => bytes.map_err(|error| classify_transport(&error))?,
+                    Err(_) => return Err(retryable(FailureReason::Timeout)),
+                };
+                serde_json::from_slice(&bytes).map_err(|_| upstream_error())
+            }
+            FirstChunk::Stream(first, rest) => {
+                match collect(first, rest, self.settings.idle_timeout, until).await {
+                    Ok(answer) => Ok(answer),
+                    Err(error) => {
+                        tracing::warn!(endpoint = %name, %error, "assembling a completion failed");
+                        Err(match error {
+                            CollectError::Idle => retryable(FailureReason::Idle),
+                            CollectError::Deadline => retryable(FailureReason::Timeout),
+                            CollectError::Broken
+                            | CollectError::Assemble(AssembleError::UpstreamError) => {
+                                retryable(FailureReason::Transport)
+                            }
+                            CollectError::TooLarge
+                            | CollectError::Assemble(AssembleError::Malformed) => upstream_error(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
     async fn attempt_stream(
         &self,
         state: &Arc<EndpointState>,
@@ -548,33 +670,18 @@ impl FleetClient {
         token: Option<String>,
         ctx: &RequestContext,
     ) -> Result<FleetStream, AttemptError> {
-        let ttft = self.settings.ttft_timeout.min(timeout);
-        if ttft.is_zero() {
-            return Err(retryable(FailureReason::FirstTokenTimeout));
-        }
         let mut body = body.clone();
         body["stream"] = Value::Bool(true);
         let name = &state.upstream.endpoint.name;
-        let first = tokio::time::timeout(ttft, async {
-            let response = self
-                .request(state, "/v1/chat/completions", &body, token, ctx)
-                .send()
-                .await
-                .map_err(|error| classify_transport(&error))?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(classify_status(name, status, response).await);
+        let (first, rest) = match self.first_chunk(state, &body, timeout, token, ctx).await? {
+            FirstChunk::Stream(first, rest) => (first, rest),
+            // The caller expects events; a server that ignored `stream` is of no use.
+            FirstChunk::Whole(_) => {
+                return Err(AttemptError::Fatal(FleetError::Upstream {
+                    endpoint: name.clone(),
+                    status: 200,
+                }));
             }
-            let mut chunks: ByteStream = Box::pin(response.bytes_stream());
-            match chunks.next().await {
-                Some(Ok(first)) => Ok((first, chunks)),
-                Some(Err(_)) | None => Err(retryable(FailureReason::Transport)),
-            }
-        })
-        .await;
-        let (first, rest) = match first {
-            Ok(result) => result?,
-            Err(_) => return Err(retryable(FailureReason::FirstTokenTimeout)),
         };
         Ok(FleetStream {
             endpoint: name.clone(),
@@ -590,6 +697,31 @@ impl FleetClient {
             finished: false,
             slots: None,
         })
+    }
+}
+
+/// The first answer of a streamed request.
+enum FirstChunk {
+    Stream(bytes::Bytes, ByteStream),
+    Whole(reqwest::Response),
+}
+
+/// The size of `body` as it goes on the wire, without keeping the bytes.
+fn serialized_len(body: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, body) {
+        Ok(()) => count.0,
+        Err(_) => 0,
     }
 }
 

@@ -3,6 +3,8 @@
 //! - [`settings`]: tuning and the upstream list, from the environment;
 //! - [`client`]: [`client::FleetClient`], the attempt loop described below;
 //! - [`stream`]: a streamed answer after its first chunk;
+//! - [`sse`]: server-sent events split into whole events;
+//! - [`assemble`]: a non-streamed answer put together from a stream;
 //! - [`endpoint`]: per-endpoint state (breaker, bulkhead, cool-down);
 //! - [`error`]: per-attempt failures, the call's error, retryability;
 //! - [`breaker`]: one circuit breaker per endpoint;
@@ -24,8 +26,12 @@
 //!    cannot multiply the load; retrying an endpoint already tried in this call
 //!    first sleeps an exponential backoff with full jitter, while failing over to
 //!    another endpoint does not wait;
-//! 5. each attempt runs under its own timeout (`attempt_timeout`, or for streams
-//!    `ttft_timeout` until the first chunk), capped by the time left;
+//! 5. each attempt runs under its own timeout, capped by the time left: chat
+//!    completions are always streamed from the fleet (and assembled for a caller
+//!    that did not ask for a stream), so `ttft_timeout` plus
+//!    `ttft_per_prompt_kib` per KiB of request bounds the wait for the first
+//!    chunk, `idle_timeout` each later gap, and `attempt_timeout` the whole
+//!    non-streamed answer; embeddings have `attempt_timeout` alone;
 //! 6. a 401 re-reads the credential once and retries the same endpoint, so a
 //!    rotated token never fails a request.
 //!
@@ -34,10 +40,12 @@
 //! `Rejected`; 500 and other 5xx come back as `Upstream`. When every endpoint
 //! failed, the error names each endpoint's failure.
 
+pub mod assemble;
 pub mod breaker;
 pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod settings;
+pub mod sse;
 pub mod stream;

@@ -61,7 +61,10 @@ pub fn parse_endpoints(variable: &str, raw: &[String]) -> Result<Vec<Endpoint>, 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetSettings {
     pub attempt_timeout: Duration,
+    /// Time to the first chunk for an empty prompt; longer prompts add
+    /// `ttft_per_prompt_kib` per KiB of request body (prefill takes longer).
     pub ttft_timeout: Duration,
+    pub ttft_per_prompt_kib: Duration,
     pub idle_timeout: Duration,
     pub deadline_margin: Duration,
     pub max_attempts: u32,
@@ -80,6 +83,7 @@ impl Default for FleetSettings {
         Self {
             attempt_timeout: Duration::from_secs(20),
             ttft_timeout: Duration::from_secs(5),
+            ttft_per_prompt_kib: Duration::from_millis(25),
             idle_timeout: Duration::from_secs(10),
             deadline_margin: Duration::from_millis(300),
             max_attempts: 3,
@@ -109,6 +113,11 @@ impl FleetSettings {
                 "FLEET_TTFT_TIMEOUT_MS",
                 ms(defaults.ttft_timeout),
                 120_000,
+            )?,
+            ttft_per_prompt_kib: env.millis_or(
+                "FLEET_TTFT_PER_PROMPT_KIB_MS",
+                ms(defaults.ttft_per_prompt_kib),
+                10_000,
             )?,
             idle_timeout: env.millis_or(
                 "FLEET_IDLE_TIMEOUT_MS",
@@ -164,6 +173,15 @@ impl FleetSettings {
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// How long an attempt may wait for its first chunk with a request body of
+    /// `body_bytes`: the base, plus the per-KiB allowance, never past `cap`.
+    pub fn first_chunk_timeout(&self, body_bytes: usize, cap: Duration) -> Duration {
+        let kib = u32::try_from(body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        self.ttft_timeout
+            .saturating_add(self.ttft_per_prompt_kib.saturating_mul(kib))
+            .min(cap)
     }
 
     /// Bounds that would otherwise panic (TpsBudget) or make no sense.
@@ -310,6 +328,29 @@ mod tests {
                 .variable,
             "FLEET_RETRY_BUDGET_PERCENT"
         );
+    }
+
+    #[test]
+    fn the_first_chunk_may_take_longer_for_a_longer_prompt_up_to_the_cap() {
+        let settings = FleetSettings {
+            ttft_timeout: Duration::from_millis(200),
+            ttft_per_prompt_kib: Duration::from_millis(10),
+            ..FleetSettings::default()
+        };
+        let cap = Duration::from_secs(1);
+        assert_eq!(
+            settings.first_chunk_timeout(0, cap),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            settings.first_chunk_timeout(1, cap),
+            Duration::from_millis(210)
+        );
+        assert_eq!(
+            settings.first_chunk_timeout(10 * 1024, cap),
+            Duration::from_millis(300)
+        );
+        assert_eq!(settings.first_chunk_timeout(usize::MAX, cap), cap);
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub(crate) async fn chat_completions(
         }))
         .into_response();
     }
+    // Every answered completion counts; a streamed one counts as a stream too.
+    sim.counters.completions.fetch_add(1, Ordering::Relaxed);
     sim.counters.streams.fetch_add(1, Ordering::Relaxed);
     let include_usage = chat
         .stream_options

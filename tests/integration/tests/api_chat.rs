@@ -125,8 +125,14 @@ async fn a_primary_refusing_connections_is_failed_over_with_little_added_latency
 
 #[tokio::test]
 async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open() {
+    // A non-streamed call is streamed from the fleet and assembled, so a black
+    // hole costs the first-chunk timeout (injected: 400 ms), never the 5 s
+    // attempt timeout that bounds a whole answer.
+    let first_chunk = Duration::from_millis(400);
     let breaker = [
-        ("FLEET_ATTEMPT_TIMEOUT_MS", "2000"),
+        ("FLEET_ATTEMPT_TIMEOUT_MS", "5000"),
+        ("FLEET_TTFT_TIMEOUT_MS", "400"),
+        ("FLEET_TTFT_PER_PROMPT_KIB_MS", "1"),
         ("BREAKER_CONSECUTIVE_FAILURES", "2"),
         ("BREAKER_COOL_DOWN_MS", "2500"),
         ("BREAKER_HALF_OPEN_PROBES", "1"),
@@ -136,11 +142,19 @@ async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open(
     fault(primary, FaultMode::BlackHole).await;
 
     for _ in 0..2 {
-        let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
+        let (status, body, elapsed) = chat(&s.deps, &completion("x")).await;
         assert_eq!(status, 200);
+        assert_eq!(
+            body["choices"][0]["message"]["role"], "assistant",
+            "an assembled chat.completion: {body}"
+        );
         assert!(
-            elapsed >= Duration::from_millis(1990),
-            "paid the attempt timeout: {elapsed:?}"
+            elapsed >= first_chunk,
+            "waited for the first chunk: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(2500),
+            "paid the first-chunk timeout, not the 5 s attempt timeout: {elapsed:?}"
         );
     }
     assert_eq!(
@@ -149,12 +163,9 @@ async fn a_black_holed_primary_trips_the_breaker_and_recovers_through_half_open(
     );
     let primary_calls = calls(primary);
     for _ in 0..5 {
-        let (status, _, elapsed) = chat(&s.deps, &completion("x")).await;
+        // Skipped without an attempt (counted below), so no timeout is paid.
+        let (status, _, _) = chat(&s.deps, &completion("x")).await;
         assert_eq!(status, 200);
-        assert!(
-            elapsed < Duration::from_millis(1000),
-            "waited for the dead primary's 2 s timeout: {elapsed:?}"
-        );
     }
     assert_eq!(
         calls(primary),
@@ -265,6 +276,7 @@ async fn the_bulkhead_sheds_at_once_beyond_its_limit() {
         &[
             ("FLEET_TOTAL_CONCURRENCY", "2"),
             ("FLEET_ATTEMPT_TIMEOUT_MS", "10000"),
+            ("FLEET_TTFT_TIMEOUT_MS", "10000"),
         ],
     )
     .await;

@@ -281,6 +281,8 @@ async fn a_long_job_keeps_its_message_hidden_while_it_runs() {
     let setup = setup(&[
         ("JOB_VISIBILITY_EXTENSION_SECS", "30"),
         ("FLEET_ATTEMPT_TIMEOUT_MS", "10000"),
+        // The simulator's 7 s come before the first chunk, as a long prefill would.
+        ("FLEET_TTFT_TIMEOUT_MS", "10000"),
     ])
     .await;
     setup
