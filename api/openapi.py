@@ -540,6 +540,12 @@ PREFER = {"name": "Prefer", "in": "header", "required": False,
           "description": "`respond-async`: answer with a job (scope `jobs`); `async-fallback`: a job "
                          "instead of a 503 when the fleet is unavailable.",
           "schema": {"type": "string"}}
+RESPONSE_CACHE = {"name": "x-sophia-cache", "in": "header", "required": False,
+                  "description": "`use`: answer from the tenant's exact-match response cache when the tenant's "
+                                 "`response_cache` flag is on and the request is deterministic (not streamed; "
+                                 "`temperature` 0 or a `seed`); the answer's `x-sophia-cache` says `hit`, `miss` or "
+                                 "`bypass`.",
+                  "schema": {"type": "string", "enum": ["use"]}}
 MCP_SERVER_NAME = path_param("name", "The tools' prefix: a lowercase letter, then up to 30 of a-z 0-9 -",
                              {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"})
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
@@ -573,10 +579,13 @@ PATHS: dict[str, Any] = {
         "chat", {"200": {
             "description": "The completion; with `stream: true`, server-sent events ending in `data: [DONE]` "
                            "(or `event: error` if the model server broke off).",
-            "headers": LIMITED_HEADERS,
+            "headers": {**LIMITED_HEADERS, "x-sophia-cache": {
+                "description": "`hit`, `miss` or `bypass`, when the request asked for the response cache",
+                "schema": {"enum": ["hit", "miss", "bypass"]}}},
             "content": {"application/json": {"schema": ref("ChatCompletion")},
                         "text/event-stream": {"schema": ref("ServerSentEvent")}},
-        }, **JOB_ACCEPTED}, FLEET_ERRORS, body=ref("ChatCompletionRequest"), parameters=[PREFER, IDEMPOTENCY])},
+        }, **JOB_ACCEPTED}, FLEET_ERRORS, body=ref("ChatCompletionRequest"),
+        parameters=[PREFER, IDEMPOTENCY, RESPONSE_CACHE])},
     "/v1/embeddings": {"post": operation(
         "Embeddings of text or token IDs", "createEmbeddings", "inference", "chat",
         ok("200", "One vector per input, in input order", ref("Embeddings")), FLEET_ERRORS,

@@ -28,6 +28,7 @@ use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
 use sophia_shared::inference::Inference;
+use sophia_shared::inference::cache::{CACHE_HEADER, CacheLookup, CacheOutcome};
 use sophia_shared::inference::chat::ChatRequest;
 use sophia_shared::inference::embeddings::{EmbeddingsRequest, to_openai};
 use sophia_shared::jobs::store::JobStore;
@@ -125,6 +126,12 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
                         Ok(event_stream_head())
                     }
+                    Answer::MarkedStream(stream, outcome) => {
+                        *stash_ref
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
+                        Ok(marked(event_stream_head(), Some(outcome)))
+                    }
                 }
             }
             ChatRoute::Embeddings => embeddings(deps, &api, permit).await,
@@ -155,6 +162,30 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
 enum Answer {
     Whole(Response<Body>),
     Stream(SseStream),
+    /// A stream whose caller asked for the cache (which never serves streams).
+    MarkedStream(SseStream, CacheOutcome),
+}
+
+/// The request's `x-sophia-cache` header; a value that is not text is a 400.
+fn cache_header(api: &ApiRequest<ChatRoute>) -> Result<Option<&str>, ApiError> {
+    match api.headers.get(CACHE_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("{CACHE_HEADER} must be \"use\" (or absent)"))),
+    }
+}
+
+/// The answer with `x-sophia-cache` saying what the cache did, if it was asked.
+fn marked(mut response: Response<Body>, outcome: Option<CacheOutcome>) -> Response<Body> {
+    if let Some(outcome) = outcome {
+        response.headers_mut().insert(
+            CACHE_HEADER,
+            HeaderValue::from_static(outcome.header_value()),
+        );
+    }
+    response
 }
 
 fn event_stream_head() -> Response<Body> {
@@ -210,16 +241,49 @@ async fn completions(
             jobs::RESPOND_ASYNC,
         )));
     }
+    let cache = &deps.inference.cache;
+    let lookup = cache
+        .lookup_for(cache_header(api)?, &principal.tenant, &chat, &body)
+        .await?;
+    if let CacheLookup::Key(key) = &lookup
+        && let Some(answer) = cache.get(&principal.tenant, key).await
+    {
+        // No fleet call and no quota: only the answer, counted as cached.
+        drop(permit);
+        deps.inference
+            .billing
+            .account_cached(&principal.tenant, &chat.model)
+            .await;
+        let response = json_response(StatusCode::OK, &answer)?;
+        return Ok(Answer::Whole(marked(response, Some(CacheOutcome::Hit))));
+    }
+    let outcome = match lookup {
+        CacheLookup::NotAsked => None,
+        CacheLookup::Bypass => Some(CacheOutcome::Bypass),
+        CacheLookup::Key(_) => Some(CacheOutcome::Miss),
+    };
     let permit = admit(deps, permit, &principal.tenant).await?;
     if chat.stream {
-        return stream(deps, api, permit, principal, &chat, &body).await;
+        let answer = stream(deps, api, permit, principal, &chat, &body).await?;
+        return Ok(match (answer, outcome) {
+            (Answer::Stream(stream), Some(outcome)) => Answer::MarkedStream(stream, outcome),
+            (answer, _) => answer,
+        });
     }
     let reply = deps
         .inference
         .complete_reserved(permit, &principal.tenant, &chat.model, &body, &api.ctx)
         .await;
     match reply {
-        Ok(reply) => Ok(Answer::Whole(json_response(StatusCode::OK, &reply.body)?)),
+        Ok(reply) => {
+            if let CacheLookup::Key(key) = &lookup {
+                cache
+                    .put(&principal.tenant, key, &chat.model, &reply.body)
+                    .await;
+            }
+            let response = json_response(StatusCode::OK, &reply.body)?;
+            Ok(Answer::Whole(marked(response, outcome)))
+        }
         Err(error) => {
             tracing::warn!(%error, "chat completion failed");
             let error = error.to_api_error();

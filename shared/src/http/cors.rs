@@ -9,8 +9,7 @@ use crate::http::policy::HttpPolicy;
 use crate::http::routing::{Route, match_template};
 use crate::problem::ApiError;
 
-const CORS_ALLOWED_HEADERS: &str =
-    "authorization, content-type, idempotency-key, prefer, traceparent, x-correlation-id";
+const CORS_ALLOWED_HEADERS: &str = "authorization, content-type, idempotency-key, prefer, traceparent, x-correlation-id, x-sophia-cache";
 const CORS_MAX_AGE_SECS: &str = "600";
 
 pub(crate) fn preflight<R: Copy>(
@@ -60,7 +59,7 @@ pub(crate) fn allow_origin(policy: &HttpPolicy, headers: &mut HeaderMap, origin:
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-correlation-id, retry-after"),
+            HeaderValue::from_static("x-correlation-id, retry-after, x-sophia-cache"),
         );
     }
 }

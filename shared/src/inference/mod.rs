@@ -3,6 +3,7 @@
 //! and billed to the caller's tenant the same way.
 //!
 //! - [`chat`]: the chat-completion request and its validation;
+//! - [`cache`]: the opt-in exact-match response cache of completions;
 //! - [`embeddings`]: the embeddings request, the call, OpenAI's answer shape;
 //! - [`models`]: the model catalog;
 //! - [`usage`]: prices, the usage table, and [`usage::Billing`].
@@ -10,6 +11,7 @@
 //! The REST routes (api-chat), the MCP tools (api-mcp), the memory (api-memory)
 //! and the worker call these functions; none of them calls another over HTTP.
 
+pub mod cache;
 pub mod chat;
 pub mod embeddings;
 pub mod models;
@@ -29,6 +31,7 @@ use crate::observability::RequestContext;
 use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::problem::ApiError;
 use crate::startup::InitError;
+use cache::ResponseCache;
 use chat::Limits;
 use embeddings::{Embedder, EmbeddingLimits};
 use models::Catalog;
@@ -42,6 +45,7 @@ pub struct Inference {
     pub embedding_limits: EmbeddingLimits,
     pub catalog: Catalog,
     pub billing: Billing,
+    pub cache: ResponseCache,
 }
 
 impl Inference {
@@ -79,6 +83,7 @@ impl Inference {
             catalog: Catalog::new(env, &chat_limits.models, &embedding_limits.models)?,
             chat_limits,
             embedding_limits,
+            cache: ResponseCache::from_env(env, dynamodb.clone())?,
             billing: Billing {
                 service,
                 prices,

@@ -107,6 +107,22 @@ impl Billing {
     }
 }
 
+impl Billing {
+    /// Records an answer served from the response cache (see
+    /// [`UsageRecorder::record_cached`]); a failure is logged, as in [`Self::account`].
+    pub async fn account_cached(&self, tenant: &str, model: &str) {
+        MetricSet::new("Sophia")
+            .dimension("Service", self.service)
+            .dimension("Model", model)
+            .count("CachedAnswers", 1.0)
+            .property("tenant", tenant)
+            .emit();
+        if let Err(error) = self.usage.record_cached(tenant, model).await {
+            tracing::error!(%error, tenant, model, "recording a cached answer failed");
+        }
+    }
+}
+
 /// The `usage` object of an OpenAI-compatible answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -139,6 +155,27 @@ impl UsageRecorder {
     ) -> Result<(), String> {
         let update = self
             .update(tenant, model, usage, cost_micro_usd)
+            .map_err(|error| error.to_string())?;
+        crate::aws::dynamo::apply(&self.dynamodb, update).await
+    }
+
+    /// One answer served from the response cache: a request, counted as
+    /// cached, with no upstream tokens and no cost.
+    pub async fn record_cached(&self, tenant: &str, model: &str) -> Result<(), String> {
+        let now = crate::clock::now_secs();
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
+            .update_expression(
+                "ADD requests :one, cached_requests :one \
+                 SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant",
+            )
+            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+            .expression_attribute_values(":expires", AttributeValue::N((now + RETENTION_SECS).to_string()))
+            .expression_attribute_values(":model", AttributeValue::S(model.to_owned()))
+            .expression_attribute_values(":tenant", AttributeValue::S(tenant.to_owned()))
+            .build()
             .map_err(|error| error.to_string())?;
         crate::aws::dynamo::apply(&self.dynamodb, update).await
     }

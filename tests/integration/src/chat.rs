@@ -145,3 +145,19 @@ pub async fn body_text(response: http::Response<api_chat::handler::StreamingBody
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
+
+/// A prepared request through the streaming entry point as `deps`' caller:
+/// status, the answer's `x-sophia-cache`, the whole body.
+pub async fn stream_request(
+    deps: &Chat,
+    request: lambda_http::Request,
+) -> (u16, Option<String>, String) {
+    let response = api_chat::handler::handle(deps, deps.authorize(request)).await;
+    let status = response.status().as_u16();
+    let marked = response
+        .headers()
+        .get("x-sophia-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, marked, body_text(response).await)
+}
