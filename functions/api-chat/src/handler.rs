@@ -120,17 +120,11 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
                 let stream = completions(deps, &api, permit).await?;
                 match stream {
                     Answer::Whole(response) => Ok(response),
-                    Answer::Stream(stream) => {
+                    Answer::Stream(stream, outcome) => {
                         *stash_ref
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
-                        Ok(event_stream_head())
-                    }
-                    Answer::MarkedStream(stream, outcome) => {
-                        *stash_ref
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
-                        Ok(marked(event_stream_head(), Some(outcome)))
+                        Ok(marked(event_stream_head(), outcome))
                     }
                 }
             }
@@ -161,20 +155,8 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
 
 enum Answer {
     Whole(Response<Body>),
-    Stream(SseStream),
-    /// A stream whose caller asked for the cache (which never serves streams).
-    MarkedStream(SseStream, CacheOutcome),
-}
-
-/// The request's `x-sophia-cache` header; a value that is not text is a 400.
-fn cache_header(api: &ApiRequest<ChatRoute>) -> Result<Option<&str>, ApiError> {
-    match api.headers.get(CACHE_HEADER) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::invalid(format!("{CACHE_HEADER} must be \"use\" (or absent)"))),
-    }
+    /// With what the cache did, if the caller asked for it (it never serves streams).
+    Stream(SseStream, Option<CacheOutcome>),
 }
 
 /// The answer with `x-sophia-cache` saying what the cache did, if it was asked.
@@ -243,7 +225,12 @@ async fn completions(
     }
     let cache = &deps.inference.cache;
     let lookup = cache
-        .lookup_for(cache_header(api)?, &principal.tenant, &chat, &body)
+        .lookup_for(
+            api.headers.get(CACHE_HEADER),
+            &principal.tenant,
+            &chat,
+            &body,
+        )
         .await?;
     if let CacheLookup::Key(key) = &lookup
         && let Some(answer) = cache.get(&principal.tenant, key).await
@@ -264,11 +251,8 @@ async fn completions(
     };
     let permit = admit(deps, permit, &principal.tenant).await?;
     if chat.stream {
-        let answer = stream(deps, api, permit, principal, &chat, &body).await?;
-        return Ok(match (answer, outcome) {
-            (Answer::Stream(stream), Some(outcome)) => Answer::MarkedStream(stream, outcome),
-            (answer, _) => answer,
-        });
+        let events = stream(deps, api, permit, principal, &chat, &body).await?;
+        return Ok(Answer::Stream(events, outcome));
     }
     let reply = deps
         .inference
@@ -308,7 +292,7 @@ async fn stream(
     principal: Principal,
     chat: &ChatRequest,
     body: &serde_json::Value,
-) -> Result<Answer, ApiError> {
+) -> Result<SseStream, ApiError> {
     let upstream = deps
         .inference
         .fleet
@@ -327,7 +311,7 @@ async fn stream(
         chat.model.clone(),
         api.ctx.correlation_id.clone(),
     );
-    Ok(Answer::Stream(pump.into_stream()))
+    Ok(pump.into_stream())
 }
 
 async fn embeddings(

@@ -258,9 +258,11 @@ impl FleetClient {
         request: &Value,
         ctx: &RequestContext,
     ) -> Result<FleetStream, FleetError> {
+        let mut body = request.clone();
+        body["stream"] = Value::Bool(true);
         let won = self
             .run(permit, ctx, |state, timeout, token| {
-                self.attempt_stream(state, request, timeout, token, ctx)
+                self.attempt_stream(state, &body, timeout, token, ctx)
             })
             .await?;
         let mut stream = won.value;
@@ -505,6 +507,8 @@ impl FleetClient {
         Duration::from_micros(fastrand::u64(0..=ceiling.as_micros() as u64))
     }
 
+    /// The request to one endpoint (with its own model name, if it has one),
+    /// and the size of its body, which is serialized once, here.
     fn request(
         &self,
         state: &EndpointState,
@@ -512,24 +516,33 @@ impl FleetClient {
         body: &Value,
         token: Option<String>,
         ctx: &RequestContext,
-    ) -> reqwest::RequestBuilder {
+    ) -> (reqwest::RequestBuilder, usize) {
         let url = format!("{}{path}", state.upstream.endpoint.base_url);
-        let mut body = body.clone();
-        if let Some(model) = &state.upstream.model_override
-            && body.get("model").is_some()
-        {
-            body["model"] = Value::String(model.clone());
-        }
+        let overridden = state
+            .upstream
+            .model_override
+            .as_ref()
+            .filter(|_| body.get("model").is_some())
+            .map(|model| {
+                let mut body = body.clone();
+                body["model"] = Value::String(model.clone());
+                body
+            });
+        // Serializing a `Value` cannot fail (its keys are strings); were it to,
+        // the empty body would be refused by the server, not sent silently.
+        let bytes = serde_json::to_vec(overridden.as_ref().unwrap_or(body)).unwrap_or_default();
+        let size = bytes.len();
         let mut request = self
             .http
             .post(url)
             .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
             .header(CORRELATION_HEADER, ctx.correlation_id.as_str())
-            .json(&body);
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        request
+        (request, size)
     }
 
     async fn attempt_unary(
@@ -545,8 +558,8 @@ impl FleetClient {
             return Err(retryable(FailureReason::Timeout));
         }
         let name = &state.upstream.endpoint.name;
-        let response = self
-            .request(state, path, body, token, ctx)
+        let (request, _) = self.request(state, path, body, token, ctx);
+        let response = request
             .timeout(timeout)
             .send()
             .await
@@ -559,12 +572,7 @@ impl FleetClient {
             .bytes()
             .await
             .map_err(|error| classify_transport(&error))?;
-        serde_json::from_slice(&bytes).map_err(|_| {
-            AttemptError::Fatal(FleetError::Upstream {
-                endpoint: name.clone(),
-                status: status.as_u16(),
-            })
-        })
+        serde_json::from_slice(&bytes).map_err(|_| upstream_fault(name, status.as_u16()))
     }
 
     /// Sends a streamed request and waits, at most the first-chunk timeout for
@@ -578,16 +586,14 @@ impl FleetClient {
         token: Option<String>,
         ctx: &RequestContext,
     ) -> Result<FirstChunk, AttemptError> {
-        let ttft = self
-            .settings
-            .first_chunk_timeout(serialized_len(body), timeout);
+        let (request, size) = self.request(state, "/v1/chat/completions", body, token, ctx);
+        let ttft = self.settings.first_chunk_timeout(size, timeout);
         if ttft.is_zero() {
             return Err(retryable(FailureReason::FirstTokenTimeout));
         }
         let name = &state.upstream.endpoint.name;
         let first = tokio::time::timeout(ttft, async {
-            let response = self
-                .request(state, "/v1/chat/completions", body, token, ctx)
+            let response = request
                 .send()
                 .await
                 .map_err(|error| classify_transport(&error))?;
@@ -626,12 +632,6 @@ impl FleetClient {
     ) -> Result<Value, AttemptError> {
         let until = Instant::now() + timeout;
         let name = &state.upstream.endpoint.name;
-        let upstream_error = || {
-            AttemptError::Fatal(FleetError::Upstream {
-                endpoint: name.clone(),
-                status: 200,
-            })
-        };
         match self.first_chunk(state, body, timeout, token, ctx).await? {
             FirstChunk::Whole(response) => {
                 let left = until.saturating_duration_since(Instant::now());
@@ -639,7 +639,7 @@ impl FleetClient {
                     Ok(bytes) => bytes.map_err(|error| classify_transport(&error))?,
                     Err(_) => return Err(retryable(FailureReason::Timeout)),
                 };
-                serde_json::from_slice(&bytes).map_err(|_| upstream_error())
+                serde_json::from_slice(&bytes).map_err(|_| upstream_fault(name, 200))
             }
             FirstChunk::Stream(first, rest) => {
                 match collect(first, rest, self.settings.idle_timeout, until).await {
@@ -654,7 +654,9 @@ impl FleetClient {
                                 retryable(FailureReason::Transport)
                             }
                             CollectError::TooLarge
-                            | CollectError::Assemble(AssembleError::Malformed) => upstream_error(),
+                            | CollectError::Assemble(AssembleError::Malformed) => {
+                                upstream_fault(name, 200)
+                            }
                         })
                     }
                 }
@@ -670,18 +672,11 @@ impl FleetClient {
         token: Option<String>,
         ctx: &RequestContext,
     ) -> Result<FleetStream, AttemptError> {
-        let mut body = body.clone();
-        body["stream"] = Value::Bool(true);
         let name = &state.upstream.endpoint.name;
-        let (first, rest) = match self.first_chunk(state, &body, timeout, token, ctx).await? {
+        let (first, rest) = match self.first_chunk(state, body, timeout, token, ctx).await? {
             FirstChunk::Stream(first, rest) => (first, rest),
             // The caller expects events; a server that ignored `stream` is of no use.
-            FirstChunk::Whole(_) => {
-                return Err(AttemptError::Fatal(FleetError::Upstream {
-                    endpoint: name.clone(),
-                    status: 200,
-                }));
-            }
+            FirstChunk::Whole(_) => return Err(upstream_fault(name, 200)),
         };
         Ok(FleetStream {
             endpoint: name.clone(),
@@ -706,23 +701,13 @@ enum FirstChunk {
     Whole(reqwest::Response),
 }
 
-/// The size of `body` as it goes on the wire, without keeping the bytes.
-fn serialized_len(body: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, body) {
-        Ok(()) => count.0,
-        Err(_) => 0,
-    }
+/// An answer the endpoint gave that is of no use (unreadable, or not a stream
+/// when one was asked for): not retried.
+fn upstream_fault(endpoint: &str, status: u16) -> AttemptError {
+    AttemptError::Fatal(FleetError::Upstream {
+        endpoint: endpoint.to_owned(),
+        status,
+    })
 }
 
 fn keep_min(slot: &mut Option<Duration>, value: Duration) {

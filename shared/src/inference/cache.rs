@@ -91,17 +91,18 @@ impl ResponseCache {
     }
 
     /// Whether and under which key this request may use the cache: the header
-    /// (`use`, anything else is a 400), the request's determinism, the flag.
+    /// (`use`; anything else, bytes that are not text included, is a 400), the
+    /// request's determinism, the flag.
     pub async fn lookup_for(
         &self,
-        header: Option<&str>,
+        header: Option<&http::HeaderValue>,
         tenant: &str,
         chat: &ChatRequest,
         upstream: &Value,
     ) -> Result<CacheLookup, ApiError> {
-        match header.map(str::trim) {
+        match header.map(|value| value.to_str().map(str::trim)) {
             None => return Ok(CacheLookup::NotAsked),
-            Some(value) if value.eq_ignore_ascii_case("use") => {}
+            Some(Ok(value)) if value.eq_ignore_ascii_case("use") => {}
             Some(_) => {
                 return Err(ApiError::invalid(format!(
                     "{CACHE_HEADER} must be \"use\" (or absent)"

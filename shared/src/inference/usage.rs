@@ -11,6 +11,7 @@ use crate::clock::utc_date;
 use crate::config::ConfigError;
 use crate::guard::quota::Quotas;
 use crate::observability::MetricSet;
+use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
 use serde::Deserialize;
 
@@ -162,19 +163,8 @@ impl UsageRecorder {
     /// One answer served from the response cache: a request, counted as
     /// cached, with no upstream tokens and no cost.
     pub async fn record_cached(&self, tenant: &str, model: &str) -> Result<(), String> {
-        let now = crate::clock::now_secs();
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
-            .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
-            .update_expression(
-                "ADD requests :one, cached_requests :one \
-                 SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant",
-            )
-            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
-            .expression_attribute_values(":expires", AttributeValue::N((now + RETENTION_SECS).to_string()))
-            .expression_attribute_values(":model", AttributeValue::S(model.to_owned()))
-            .expression_attribute_values(":tenant", AttributeValue::S(tenant.to_owned()))
+        let update = self
+            .increment(tenant, model, "cached_requests :one")
             .build()
             .map_err(|error| error.to_string())?;
         crate::aws::dynamo::apply(&self.dynamodb, update).await
@@ -189,23 +179,33 @@ impl UsageRecorder {
         usage: &Usage,
         cost_micro_usd: f64,
     ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
+        self.increment(
+            tenant,
+            model,
+            "prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost",
+        )
+        .expression_attribute_values(":p", AttributeValue::N(usage.prompt_tokens.to_string()))
+        .expression_attribute_values(":c", AttributeValue::N(usage.completion_tokens.to_string()))
+        .expression_attribute_values(":cost", AttributeValue::N(format!("{cost_micro_usd:.3}")))
+        .build()
+    }
+
+    /// One more request on today's row of `tenant` and `model`, plus `adds`
+    /// (more `ADD` terms, whose values the caller binds).
+    fn increment(&self, tenant: &str, model: &str, adds: &str) -> UpdateBuilder {
         let now = crate::clock::now_secs();
         Update::builder()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
             .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
-            .update_expression(
-                "ADD requests :one, prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost \
-                 SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant",
-            )
+            .update_expression(format!(
+                "ADD requests :one, {adds} \
+                 SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant"
+            ))
             .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
-            .expression_attribute_values(":p", AttributeValue::N(usage.prompt_tokens.to_string()))
-            .expression_attribute_values(":c", AttributeValue::N(usage.completion_tokens.to_string()))
-            .expression_attribute_values(":cost", AttributeValue::N(format!("{cost_micro_usd:.3}")))
             .expression_attribute_values(":expires", AttributeValue::N((now + RETENTION_SECS).to_string()))
             .expression_attribute_values(":model", AttributeValue::S(model.to_owned()))
             .expression_attribute_values(":tenant", AttributeValue::S(tenant.to_owned()))
-            .build()
     }
 }
 

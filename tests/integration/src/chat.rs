@@ -146,13 +146,13 @@ pub async fn body_text(response: http::Response<api_chat::handler::StreamingBody
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
-/// A prepared request through the streaming entry point as `deps`' caller:
-/// status, the answer's `x-sophia-cache`, the whole body.
+/// A prepared (and authorized) request through the entry point: status, the
+/// answer's `x-sophia-cache`, the whole body.
 pub async fn stream_request(
     deps: &Chat,
     request: lambda_http::Request,
 ) -> (u16, Option<String>, String) {
-    let response = api_chat::handler::handle(deps, deps.authorize(request)).await;
+    let response = api_chat::handler::handle(deps, request).await;
     let status = response.status().as_u16();
     let marked = response
         .headers()

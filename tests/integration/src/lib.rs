@@ -306,6 +306,20 @@ pub async fn chat_handle(
     whole(api_chat::handler::handle(deps, request).await).await
 }
 
+/// A number attribute of a usage item; 0 when it is absent (never incremented).
+pub fn number_of(
+    item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    name: &str,
+) -> f64 {
+    item.get(name).map_or(0.0, |value| {
+        value
+            .as_n()
+            .expect("a number attribute")
+            .parse()
+            .expect("a number")
+    })
+}
+
 /// The items of `tenant` in the stack's usage table whose sort key starts with
 /// `prefix` (`usage#` per day and model, `daily#` the quota counters).
 pub async fn usage_items(

@@ -18,7 +18,7 @@ fn usage_requests(
 ) -> f64 {
     items
         .iter()
-        .map(|item| item["requests"].as_n().unwrap().parse::<f64>().unwrap())
+        .map(|item| harness::number_of(item, "requests"))
         .sum()
 }
 

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use harness::chat::{Chat, PATH, calls, completion, setup};
-use harness::{body_json, json_request, local_aws};
+use harness::{json_request, local_aws, number_of};
 use serde_json::{Value, json};
 use sophia_shared::ops::flags::{FlagValue, Flags};
 
@@ -39,26 +39,15 @@ async fn ask(
             .headers_mut()
             .insert("x-sophia-cache", value.parse().unwrap());
     }
-    let response = harness::chat_handle(chat, harness::with_bearer(request, token)).await;
-    let marked = response
-        .headers()
-        .get("x-sophia-cache")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (response.status().as_u16(), marked, body_json(&response))
+    let (status, marked, text) =
+        harness::chat::stream_request(chat, harness::with_bearer(request, token)).await;
+    (status, marked, serde_json::from_str(&text).unwrap())
 }
 
 fn greedy(text: &str) -> Value {
     let mut body = completion(text);
     body["temperature"] = json!(0);
     body
-}
-
-fn number(
-    item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
-    name: &str,
-) -> f64 {
-    item.get(name)
-        .map_or(0.0, |v| v.as_n().unwrap().parse().unwrap())
 }
 
 #[tokio::test]
@@ -88,11 +77,11 @@ async fn a_repeated_deterministic_request_is_answered_from_the_cache_and_billed_
 
     let items = harness::usage_items(&s.stack, "tenant-a", "usage#").await;
     assert_eq!(items.len(), 1);
-    assert_eq!(number(&items[0], "requests"), 4.0);
-    assert_eq!(number(&items[0], "cached_requests"), 1.0);
+    assert_eq!(number_of(&items[0], "requests"), 4.0);
+    assert_eq!(number_of(&items[0], "cached_requests"), 1.0);
     let completion_tokens = first["usage"]["completion_tokens"].as_f64().unwrap();
     assert_eq!(
-        number(&items[0], "completion_tokens"),
+        number_of(&items[0], "completion_tokens"),
         3.0 * completion_tokens,
         "the hit added no upstream tokens"
     );
@@ -145,7 +134,7 @@ async fn random_sampling_streams_and_other_tenants_never_get_a_cached_answer() {
     request
         .headers_mut()
         .insert("x-sophia-cache", "use".parse().unwrap());
-    let response = harness::chat::stream_request(&s.deps, request).await;
+    let response = harness::chat::stream_request(&s.deps, s.deps.authorize(request)).await;
     assert_eq!(response.0, 200);
     assert_eq!(response.1.as_deref(), Some("bypass"));
     assert!(response.2.contains("[DONE]"), "{}", response.2);
