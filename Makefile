@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks stop-checks build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ token: ## print a fresh access token for the running `make dev` (tenant dev, eve
 		-d "{\"api_key\": \"$$(cat $${SOPHIA_STATE_DIR:-.local}/dev-api-key)\"}" \
 		| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 
-test: setup lint unit cfn-lint stack-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack
+test: setup lint unit cfn-lint stack-checks stop-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack, stopping it
 	@echo "==> all checks passed"
 
 lint:
@@ -64,6 +64,9 @@ cfn-lint:
 
 stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
 	@tools/with-dev-stack.sh tools/stack-checks.sh
+
+stop-checks: setup ## make dev stopped by TERM/INT to its process group and TERM to make alone leaves no process and no port
+	@tools/stop-checks.sh
 
 api-fuzz: setup ## schemathesis against the running `make dev` from its OpenAPI document (API_FUZZ_EXAMPLES, API_FUZZ_SECONDS)
 	@tools/api-fuzz.sh

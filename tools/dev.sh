@@ -12,10 +12,15 @@
 #   SOPHIA_MCP_PORT (3901)  an upstream MCP server (server-everything from npm) to federate
 #   SOPHIA_STATE_DIR (.local)       logs, the env file, the dev API key, stack.json
 #
-# Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`, or to either's
-# process group. The first signal starts the cleanup; further ones are ignored
-# until it is done (a second signal used to kill the cleanup half-way, leaving
-# parts running). Each part gets TERM, then KILL after 10 s if it is still up.
+# Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`'s process group,
+# or TERM to `make dev` alone. The first signal starts the cleanup; further ones
+# are ignored until it is done (a second signal used to kill the cleanup
+# half-way, leaving parts running). Each part gets TERM, then KILL after 10 s if
+# it is still up. GNU make passes neither TERM nor INT on to its recipe when
+# only make is signalled: on TERM it exits, so this script also stops when its
+# parent is gone; on INT it keeps waiting for this script (it expects a
+# terminal's Ctrl-C to have reached it too), so the stack keeps running and
+# nothing is orphaned. `tools/stop-checks.sh` (in `make test`) tests each way.
 # `.local/stack.json` exists exactly while the whole stack answers.
 set -euo pipefail
 
@@ -75,9 +80,28 @@ start() { # name, log file, command...
   printf '  %-18s pid %-7s log %s\n' "$name" "$!" "${log#"$root"/}"
 }
 
+# Whoever started this script (make, a supervisor, tools/with-dev-stack.sh)
+# owns the stack: if it is gone (killed without passing a signal on), stop too.
+# The parent pid, not whether it lives: a parent that died is a zombie (still
+# there for kill -0) until its own parent reaps it, but this script is
+# re-parented at once.
+parent=$PPID
+orphaned() {
+  local now
+  now=$(awk '/^PPid:/ {print $2}' "/proc/$$/status" 2>/dev/null || ps -o ppid= -p $$)
+  [ "${now// /}" != "$parent" ]
+}
+stop_if_orphaned() {
+  if orphaned; then
+    printf 'the process that started this stack (pid %s) is gone: stopping\n' "$parent" >&2
+    exit 143
+  fi
+}
+
 wait_for() { # url, what, seconds, log: waits for the URL while the last started part lives
   local url=$1 what=$2 deadline=$((SECONDS + $3)) log=$4 pid=${pids[-1]}
   until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    stop_if_orphaned
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 20 "$log" >&2 || true
       fail "$what exited during start-up (log: ${log#"$root"/})"
@@ -225,6 +249,11 @@ Ctrl-C stops everything.
 EOF
 
 # A stopped simulator or local AWS is a scenario to try (/ready then names it), so
-# only the loss of the API itself ends the session.
-wait "$watch_pid" || true
+# only the loss of the API itself (or of whoever started this) ends the session.
+# `sleep & wait` rather than a plain sleep: a signal's trap runs at once.
+while kill -0 "$watch_pid" 2>/dev/null; do
+  stop_if_orphaned
+  sleep 1 &
+  wait $! || true
+done
 fail "cargo lambda watch exited; see $state_dir/watch.log"

@@ -19,7 +19,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
-use sophia_shared::auth::{Authenticator, Principal, SCOPE_CHAT};
+use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::guard::bulkhead::BulkheadPermit;
@@ -31,6 +31,8 @@ use sophia_shared::inference::Inference;
 use sophia_shared::inference::cache::{CACHE_HEADER, CacheLookup, CacheOutcome};
 use sophia_shared::inference::chat::ChatRequest;
 use sophia_shared::inference::embeddings::{EmbeddingsRequest, to_openai};
+use sophia_shared::inference::ledger::Owed;
+use sophia_shared::inference::usage::Settlement;
 use sophia_shared::jobs::store::JobStore;
 use sophia_shared::jobs::submit::{self as jobs, JobRequest};
 use sophia_shared::problem::ApiError;
@@ -56,14 +58,16 @@ pub const ROUTES: [Route<ChatRoute>; 4] = [
         ChatRoute::Completions,
         SCOPE_CHAT,
     )
-    .sheds_when_busy(),
+    .sheds_when_busy()
+    .rate_limited_alongside(),
     Route::protected(
         Method::POST,
         "/v1/embeddings",
         ChatRoute::Embeddings,
         SCOPE_CHAT,
     )
-    .sheds_when_busy(),
+    .sheds_when_busy()
+    .rate_limited_alongside(),
     Route::protected(Method::GET, "/v1/models", ChatRoute::Models, SCOPE_CHAT),
     Route::protected(Method::GET, "/v1/models/{id}", ChatRoute::Model, SCOPE_CHAT),
 ];
@@ -109,21 +113,32 @@ impl Deps {
 
 pub type StreamingBody = StreamBody<SseStream>;
 
+/// What runs after the caller has the whole answer: billing, the cache entry.
+type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The entry point: every route, both response modes.
+///
+/// A whole answer (JSON or problem) carries `Content-Length` and is one data
+/// frame; its [`Tail`] runs when the body is polled after that frame, so the
+/// caller has every byte before billing starts, and the invocation ends only
+/// when billing is done (Lambda freezes an instance once its response ends, so
+/// work left to a background task could wait for the next request or never run).
 pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
     let stash: Mutex<Option<SseStream>> = Mutex::new(None);
-    let stash_ref = &stash;
+    let tail: Mutex<Option<Tail>> = Mutex::new(None);
+    let (stash_ref, tail_ref) = (&stash, &tail);
     let response = serve(&deps.http, &ROUTES, request, |mut api| async move {
         let permit = api.permit.take();
         match api.route {
             ChatRoute::Completions => {
-                let stream = completions(deps, &api, permit).await?;
-                match stream {
-                    Answer::Whole(response) => Ok(response),
+                let answer = completions(deps, &api, permit).await?;
+                match answer {
+                    Answer::Whole(response, after) => {
+                        *lock(tail_ref) = after;
+                        response
+                    }
                     Answer::Stream(stream, outcome) => {
-                        *stash_ref
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stream);
+                        *lock(stash_ref) = Some(stream);
                         Ok(marked(event_stream_head(), outcome))
                     }
                 }
@@ -140,21 +155,46 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
         }
     })
     .await;
-    let stream = stash
+    let stream = into_inner(stash);
+    let tail = into_inner(tail);
+    let (mut parts, body) = response.into_parts();
+    // The pipeline may have turned the answer into a 429 (a rate limit that was
+    // checked alongside the handler): then the stash is not the answer.
+    if parts.status == StatusCode::OK
+        && let Some(stream) = stream
+    {
+        return Response::from_parts(parts, StreamBody::new(stream));
+    }
+    let bytes = Bytes::copy_from_slice(body.as_ref());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    use futures_util::StreamExt;
+    let whole = futures_util::stream::once(async move { Ok(Frame::data(bytes)) });
+    let after = futures_util::stream::once(async move {
+        if let Some(tail) = tail {
+            tail.await;
+        }
+    })
+    .filter_map(|()| async { None });
+    Response::from_parts(parts, StreamBody::new(Box::pin(whole.chain(after))))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn into_inner<T>(mutex: Mutex<T>) -> T {
+    mutex
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (parts, body) = response.into_parts();
-    let stream = stream.unwrap_or_else(|| {
-        let bytes = Bytes::copy_from_slice(body.as_ref());
-        Box::pin(futures_util::stream::once(
-            async move { Ok(Frame::data(bytes)) },
-        ))
-    });
-    Response::from_parts(parts, StreamBody::new(stream))
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 enum Answer {
-    Whole(Response<Body>),
+    /// A JSON answer or a problem, with what runs once the caller has it.
+    Whole(Result<Response<Body>, ApiError>, Option<Tail>),
     /// With what the cache did, if the caller asked for it (it never serves streams).
     Stream(SseStream, Option<CacheOutcome>),
 }
@@ -181,10 +221,12 @@ fn event_stream_head() -> Response<Body> {
     response
 }
 
-/// The request's bulkhead slot (the one the pipeline took, else a new one) and
-/// one request counted against the tenant's daily quota.
+/// The request's bulkhead slot (the one the pipeline took, else a new one)
+/// once the rate limits (checked since the request came in) and one request
+/// counted against the tenant's daily quota both agree: one round trip.
 async fn admit(
     deps: &Deps,
+    api: &ApiRequest<ChatRoute>,
     permit: Option<BulkheadPermit>,
     tenant: &str,
 ) -> Result<BulkheadPermit, ApiError> {
@@ -192,7 +234,15 @@ async fn admit(
         Some(permit) => permit,
         None => deps.inference.admit()?,
     };
-    deps.inference.billing.quotas.reserve(tenant).await?;
+    let quotas = &deps.inference.billing.quotas;
+    let (limited, reserved) = futures_util::join!(api.rate_limit(), quotas.reserve(tenant));
+    if let Err(denied) = limited {
+        if reserved.is_ok() {
+            quotas.release(tenant).await;
+        }
+        return Err(denied);
+    }
+    reserved?;
     Ok(permit)
 }
 
@@ -217,11 +267,10 @@ async fn completions(
     if jobs::prefers(&api.headers, jobs::RESPOND_ASYNC) {
         // A job does not call the fleet now: its slot is not needed.
         drop(permit);
+        api.rate_limit().await?;
         let quotas = deps.inference.billing.quotas.as_ref();
-        return Ok(Answer::Whole(applied(
-            as_job(Some(quotas)).await?,
-            jobs::RESPOND_ASYNC,
-        )));
+        let submitted = as_job(Some(quotas)).await?;
+        return Ok(whole(applied(submitted, jobs::RESPOND_ASYNC)));
     }
     let cache = &deps.inference.cache;
     let lookup = cache
@@ -237,36 +286,60 @@ async fn completions(
     {
         // No fleet call and no quota: only the answer, counted as cached.
         drop(permit);
-        deps.inference
-            .billing
-            .account_cached(&principal.tenant, &chat.model)
-            .await;
-        let response = json_response(StatusCode::OK, &answer)?;
-        return Ok(Answer::Whole(marked(response, Some(CacheOutcome::Hit))));
+        api.rate_limit().await?;
+        let response = marked(
+            json_response(StatusCode::OK, &answer)?,
+            Some(CacheOutcome::Hit),
+        );
+        let inference = deps.inference.clone();
+        let tail: Tail = Box::pin(async move {
+            inference
+                .billing
+                .account_cached(&principal.tenant, &chat.model)
+                .await;
+        });
+        return Ok(Answer::Whole(Ok(response), Some(tail)));
     }
     let outcome = match lookup {
         CacheLookup::NotAsked => None,
         CacheLookup::Bypass => Some(CacheOutcome::Bypass),
         CacheLookup::Key(_) => Some(CacheOutcome::Miss),
     };
-    let permit = admit(deps, permit, &principal.tenant).await?;
+    let permit = admit(deps, api, permit, &principal.tenant).await?;
+    let owed = Owed::new(
+        &principal.tenant,
+        &chat.model,
+        &api.ctx.request_id,
+        api.body.len(),
+    );
     if chat.stream {
-        let events = stream(deps, api, permit, principal, &chat, &body).await?;
+        let events = stream(deps, api, permit, owed, &chat, &body).await?;
         return Ok(Answer::Stream(events, outcome));
     }
-    let reply = deps
+    let (reply, settlement) = deps
         .inference
-        .complete_reserved(permit, &principal.tenant, &chat.model, &body, &api.ctx)
+        .complete_owed(permit, owed, &body, &api.ctx)
         .await;
+    let inference = deps.inference.clone();
+    let (tenant, model) = (principal.tenant.clone(), chat.model.clone());
+    let cached = match (&reply, lookup) {
+        (Ok(reply), CacheLookup::Key(key)) => Some((key, reply.body.clone())),
+        _ => None,
+    };
+    let tail: Tail = Box::pin(async move {
+        let billing = settlement.settle(&inference.billing);
+        match cached {
+            Some((key, answer)) => {
+                let stored = inference.cache.put(&tenant, &key, &model, &answer);
+                futures_util::join!(billing, stored);
+            }
+            None => billing.await,
+        }
+    });
     match reply {
         Ok(reply) => {
-            if let CacheLookup::Key(key) = &lookup {
-                cache
-                    .put(&principal.tenant, key, &chat.model, &reply.body)
-                    .await;
-            }
-            let response = json_response(StatusCode::OK, &reply.body)?;
-            Ok(Answer::Whole(marked(response, outcome)))
+            let response = json_response(StatusCode::OK, &reply.body).map(|r| marked(r, outcome));
+            Ok(Answer::Whole(response, Some(tail)))
         }
         Err(error) => {
             tracing::warn!(%error, "chat completion failed");
@@ -275,40 +348,56 @@ async fn completions(
             if error.is_retryable() && jobs::prefers(&api.headers, jobs::ASYNC_FALLBACK) {
                 tracing::info!("fleet unavailable; the request becomes a job");
                 // The request was counted against the quota above.
-                return Ok(Answer::Whole(applied(
-                    as_job(None).await?,
-                    jobs::ASYNC_FALLBACK,
-                )));
+                let submitted = as_job(None).await;
+                let response = submitted.map(|r| applied(r, jobs::ASYNC_FALLBACK));
+                return Ok(Answer::Whole(response, Some(tail)));
             }
-            Err(error)
+            Ok(Answer::Whole(Err(error), Some(tail)))
         }
     }
+}
+
+fn whole(response: Response<Body>) -> Answer {
+    Answer::Whole(Ok(response), None)
 }
 
 async fn stream(
     deps: &Deps,
     api: &ApiRequest<ChatRoute>,
     permit: BulkheadPermit,
-    principal: Principal,
+    owed: Owed,
     chat: &ChatRequest,
     body: &serde_json::Value,
 ) -> Result<SseStream, ApiError> {
-    let upstream = deps
-        .inference
-        .fleet
-        .chat_stream(permit, body, &api.ctx)
-        .await
-        .map_err(|error| {
+    let billing = &deps.inference.billing;
+    let (opened, upstream) = futures_util::join!(
+        billing.ledger.open(&owed),
+        deps.inference.fleet.chat_stream(permit, body, &api.ctx)
+    );
+    let settlement = Settlement {
+        owed,
+        opened: opened
+            .inspect_err(
+                |error| tracing::error!(%error, "opening the ledger entry failed; billing inline"),
+            )
+            .is_ok(),
+        usage: None,
+    };
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(error) => {
             tracing::warn!(%error, "chat stream could not start");
-            error.to_api_error()
-        })?;
+            // No answer: the entry is closed unbilled (an error answer is not hurried).
+            settlement.settle(billing).await;
+            return Err(error.to_api_error());
+        }
+    };
     tracing::info!(endpoint = %upstream.endpoint, "chat stream started");
     let pump = Pump::new(
         upstream,
         chat.wants_stream_usage(),
-        deps.inference.billing.clone(),
-        principal,
-        chat.model.clone(),
+        billing.clone(),
+        settlement,
         api.ctx.correlation_id.clone(),
     );
     Ok(pump.into_stream())
@@ -322,7 +411,7 @@ async fn embeddings(
     let principal = api.principal()?;
     let request: EmbeddingsRequest = api.json()?;
     request.validate(&deps.inference.embedding_limits)?;
-    let permit = admit(deps, permit, &principal.tenant).await?;
+    let permit = admit(deps, api, permit, &principal.tenant).await?;
     let embedded = deps
         .inference
         .embedder()

@@ -1,7 +1,8 @@
 //! Server-sent events from the fleet to the caller: the upstream bytes are
 //! re-framed into whole events, the usage chunk the caller did not ask for is
-//! stripped, usage is billed before `[DONE]`, and a broken upstream becomes an
-//! explicit `event: error` (never a silent truncation).
+//! stripped, usage is billed after the caller was handed `[DONE]` (the last
+//! event), and a broken upstream becomes an explicit `event: error` (never a
+//! silent truncation).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -9,16 +10,16 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
-use sophia_shared::auth::Principal;
 use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
-use sophia_shared::inference::usage::{Billing, Usage};
+use sophia_shared::inference::usage::{Billing, Settlement, Usage};
 
 pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 
 /// Re-frames the upstream bytes into whole SSE events, collects usage, strips the
-/// usage-only chunk the caller did not ask for, records usage before `[DONE]`,
-/// and turns a broken upstream into an error event.
+/// usage-only chunk the caller did not ask for, settles the request's billing
+/// once its last event was handed on, and turns a broken upstream into an error
+/// event.
 pub struct Pump {
     pub upstream: FleetStream,
     framer: SseFramer,
@@ -27,8 +28,8 @@ pub struct Pump {
     usage: Option<Usage>,
     wants_usage: bool,
     billing: Billing,
-    principal: Principal,
-    model: String,
+    /// Taken when the last event was handed on.
+    settlement: Option<Settlement>,
     correlation_id: String,
 }
 
@@ -39,8 +40,7 @@ impl Pump {
         upstream: FleetStream,
         wants_usage: bool,
         billing: Billing,
-        principal: Principal,
-        model: String,
+        settlement: Settlement,
         correlation_id: String,
     ) -> Self {
         Self {
@@ -51,8 +51,7 @@ impl Pump {
             usage: None,
             wants_usage,
             billing,
-            principal,
-            model,
+            settlement: Some(settlement),
             correlation_id,
         }
     }
@@ -71,6 +70,11 @@ impl Pump {
                 return Some(frame);
             }
             if self.finished {
+                // The caller has every event: bill now (the invocation ends after).
+                if let Some(mut settlement) = self.settlement.take() {
+                    settlement.usage = self.usage;
+                    settlement.settle(&self.billing).await;
+                }
                 return None;
             }
             match self.upstream.next_chunk().await {
@@ -110,15 +114,8 @@ impl Pump {
     }
 
     async fn finish_ok(&mut self) {
-        match self.usage {
-            Some(usage) => {
-                self.billing
-                    .account(&self.principal.tenant, &self.model, &usage)
-                    .await
-            }
-            None => {
-                tracing::error!(model = %self.model, "stream ended without usage; nothing billed")
-            }
+        if self.usage.is_none() {
+            tracing::error!("stream ended without usage; nothing billed");
         }
         self.pending
             .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -127,11 +124,6 @@ impl Pump {
 
     async fn fail(&mut self, reason: &str) {
         tracing::warn!(reason, endpoint = %self.upstream.endpoint, "chat stream interrupted");
-        if let Some(usage) = self.usage {
-            self.billing
-                .account(&self.principal.tenant, &self.model, &usage)
-                .await;
-        }
         let event = serde_json::json!({
             "error": {
                 "message": format!("the stream was interrupted: {reason}; the answer is incomplete"),

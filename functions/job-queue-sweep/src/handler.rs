@@ -15,6 +15,12 @@
 //!    while the fleet could not embed them: their message to worker-memory-embed
 //!    is sent again.
 //!
+//! 4. **Unbilled answers.** api-chat bills a completion after the caller has it,
+//!    and keeps a ledger entry for it meanwhile; an entry older than any
+//!    invocation can live (`SWEEP_UNBILLED_AFTER_SECS`, 960: Lambda's 900 s
+//!    limit and a minute) belongs to an instance that died before billing, and
+//!    is billed now, exactly once (see `sophia_shared::inference::ledger`).
+//!
 //! Storage or queue failures are `Retryable` (the schedule retries, then its
 //! dead-letter queue keeps the event); bad input is `NonRetryable.Invalid`.
 
@@ -23,8 +29,9 @@ use std::time::Duration;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sophia_shared::aws::deadletter::DeadLetterQueue;
-use sophia_shared::clock::now_ms;
+use sophia_shared::clock::{now_ms, now_secs};
 use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::inference::usage::{Billing, Recovery};
 use sophia_shared::jobs::JobMessage;
 use sophia_shared::jobs::store::JobStore;
 use sophia_shared::memory::queue::VectorQueue;
@@ -65,11 +72,16 @@ pub struct Deps {
     pub stranded_after: Duration,
     /// Messages looked at per run.
     pub max_messages: usize,
+    /// Bills the ledger entries of answers whose function died before billing them.
+    pub billing: Billing,
+    pub unbilled_after: Duration,
 }
 
 impl Deps {
     /// `JOBS_TABLE`, `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `MEMORY_TABLE`,
-    /// `MEMORY_EMBED_QUEUE_URL`, `SWEEP_STRANDED_AFTER_SECS` (60), `SWEEP_MAX_MESSAGES` (500).
+    /// `MEMORY_EMBED_QUEUE_URL`, `SWEEP_STRANDED_AFTER_SECS` (60), `SWEEP_MAX_MESSAGES` (500),
+    /// `SWEEP_UNBILLED_AFTER_SECS` (960), and billing's `USAGE_TABLE`, `PRICE_TABLE`
+    /// (for `CHAT_MODELS` and `EMBEDDING_MODELS`) and quota settings.
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
         let jobs = JobStore::from_env(env, sdk)?;
         let dead_letters = DeadLetterQueue::new(
@@ -92,6 +104,13 @@ impl Deps {
             dead_letters,
             stranded_after: Duration::from_secs(env.parse_or("SWEEP_STRANDED_AFTER_SECS", 60)?),
             max_messages: env.parse_or("SWEEP_MAX_MESSAGES", 500)?,
+            billing: Billing::from_env(
+                SERVICE,
+                env,
+                aws_sdk_dynamodb::Client::new(sdk),
+                &[env.list("CHAT_MODELS"), env.list("EMBEDDING_MODELS")].concat(),
+            )?,
+            unbilled_after: Duration::from_secs(env.parse_or("SWEEP_UNBILLED_AFTER_SECS", 960)?),
         })
     }
 }
@@ -116,6 +135,8 @@ pub struct SweepReport {
     pub unreadable_messages: usize,
     /// Memories whose vector message was sent again.
     pub resent_vectors: Vec<String>,
+    /// Answers billed now because their function died before billing them.
+    pub unbilled: Recovery,
 }
 
 pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport, SweepError> {
@@ -188,8 +209,21 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport
             report.dead_lettered.push(job.id);
         }
     }
+    let cutoff = now_secs().saturating_sub(deps.unbilled_after.as_secs());
+    report.unbilled = deps
+        .billing
+        .recover(cutoff, 1)
+        .await
+        .map_err(SweepError::Storage)?;
+    if report.unbilled != Recovery::default() {
+        tracing::warn!(unbilled = ?report.unbilled, "answers billed after their function died");
+    }
     MetricSet::new("Sophia")
         .dimension("Service", SERVICE)
+        .count(
+            "UnbilledAnswersRecovered",
+            (report.unbilled.billed_exactly + report.unbilled.billed_estimated) as f64,
+        )
         .count("StrandedJobsResent", report.resent.len() as f64)
         .count("DeadLetteredJobs", report.dead_lettered.len() as f64)
         .count("DeadLetterMessages", report.dead_letter_messages as f64)

@@ -164,6 +164,30 @@ impl Quotas {
         }
     }
 
+    /// Gives back a request [`Self::reserve`] counted that was refused anyway
+    /// (rate-limited in the same round trip). A failure is logged: it costs
+    /// the tenant one request of its day, never an outage.
+    pub async fn release(&self, tenant: &str) {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.usage_table)
+            .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .key(
+                "sk",
+                AttributeValue::S(format!("daily#{}", utc_date(now_secs()))),
+            )
+            .update_expression("ADD requests :minus_one")
+            .condition_expression("requests > :zero")
+            .expression_attribute_values(":minus_one", AttributeValue::N("-1".to_owned()))
+            .expression_attribute_values(":zero", AttributeValue::N("0".to_owned()))
+            .send()
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(error = %aws(error), tenant, "giving back a refused request's quota failed");
+        }
+    }
+
     /// Adds the tokens of an answered request to today's counter.
     pub async fn add_tokens(&self, tenant: &str, tokens: u64) -> Result<(), String> {
         let update = self
@@ -178,13 +202,20 @@ impl Quotas {
         tenant: &str,
         tokens: u64,
     ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
+        self.add_tokens_update_on(now_secs(), tenant, tokens)
+    }
+
+    /// [`Self::add_tokens_update`] on the counter of the day of `at` (Unix seconds).
+    pub fn add_tokens_update_on(
+        &self,
+        at: u64,
+        tenant: &str,
+        tokens: u64,
+    ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
         Update::builder()
             .table_name(&self.usage_table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
-            .key(
-                "sk",
-                AttributeValue::S(format!("daily#{}", utc_date(now_secs()))),
-            )
+            .key("sk", AttributeValue::S(format!("daily#{}", utc_date(at))))
             .update_expression("ADD tokens :tokens")
             .expression_attribute_values(":tokens", AttributeValue::N(tokens.to_string()))
             .build()

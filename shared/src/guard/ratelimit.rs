@@ -331,6 +331,58 @@ impl RateLimits {
     }
 }
 
+/// A rate-limit check already on the wire, for routes whose handler makes its
+/// own admission write (the quota reservation): both travel in the same round
+/// trip instead of one after the other. Started before the handler parses
+/// anything, so a malformed request still pays its rate limit; the handler
+/// awaits [`Self::decision`] before it calls the fleet, and the pipeline awaits
+/// it after every handler, which turns any answer into a 429 when denied.
+#[derive(Clone)]
+pub struct PendingDecision(
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, Decision>>,
+);
+
+impl std::fmt::Debug for PendingDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingDecision")
+    }
+}
+
+impl PendingDecision {
+    /// Spawns [`RateLimits::check`] at once (on the current tracing span).
+    pub fn start(
+        limits: std::sync::Arc<RateLimits>,
+        ip: String,
+        principal: Option<String>,
+    ) -> Self {
+        use futures_util::FutureExt;
+        use tracing::Instrument;
+        let task = tokio::spawn(
+            async move { limits.check(&ip, principal.as_deref()).await }
+                .instrument(tracing::Span::current()),
+        );
+        let decision = async move {
+            task.await.unwrap_or_else(|error| {
+                // The check never panics; if its task did, admitting is what a
+                // storage failure does too (rate limits fail open).
+                tracing::error!(%error, "the rate-limit check was lost; admitting");
+                Decision {
+                    allowed: true,
+                    limit: 0,
+                    remaining: 0,
+                    reset_secs: 0,
+                    retry_after_secs: 0,
+                }
+            })
+        };
+        Self(decision.boxed().shared())
+    }
+
+    pub async fn decision(&self) -> Decision {
+        self.0.clone().await
+    }
+}
+
 fn stricter(a: Decision, b: Decision) -> Decision {
     match (a.allowed, b.allowed) {
         (true, false) => b,

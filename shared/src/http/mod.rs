@@ -29,7 +29,7 @@ use http::header;
 use lambda_http::{Body, Request, RequestExt, Response};
 use tracing::Instrument;
 
-use crate::guard::ratelimit::Decision;
+use crate::guard::ratelimit::{Decision, PendingDecision};
 use crate::observability::{self, MetricSet, RequestContext, TraceContext};
 use crate::problem::ApiError;
 use policy::HttpPolicy;
@@ -217,11 +217,10 @@ where
                     Some(limits) => Some(limits.check(&client_ip(&request), None).await),
                     None => None,
                 };
-                if let Some(decision) = limit.filter(|d| !d.allowed) {
-                    let limited = ApiError::RateLimited {
-                        retry_after_secs: decision.retry_after_secs.min(u64::from(u32::MAX)) as u32,
-                    };
-                    return (template, Err(limited), Some(decision));
+                if let Some(decision) = limit
+                    && let Err(denied) = limited(decision)
+                {
+                    return (template, Err(denied), Some(decision));
                 }
                 return (template, Err(error), limit);
             }
@@ -246,18 +245,20 @@ where
         },
         _ => None,
     };
-    let limit = match &policy.limits {
-        None => None,
+    let subject = principal.as_ref().map(|p| p.subject.clone());
+    let (limit, pending_limit) = match &policy.limits {
+        None => (None, None),
+        Some(limits) if found.rate_limited_alongside => {
+            let ip = client_ip(&request);
+            let pending = PendingDecision::start(limits.clone(), ip, subject);
+            (None, Some(pending))
+        }
         Some(limits) => {
-            let subject = principal.as_ref().map(|p| p.subject.as_str());
-            let decision = limits.check(&client_ip(&request), subject).await;
-            if !decision.allowed {
-                let error = ApiError::RateLimited {
-                    retry_after_secs: decision.retry_after_secs.min(u64::from(u32::MAX)) as u32,
-                };
+            let decision = limits.check(&client_ip(&request), subject.as_deref()).await;
+            if let Err(error) = limited(decision) {
                 return (template, Err(error), Some(decision));
             }
-            Some(decision)
+            (Some(decision), None)
         }
     };
     let query = request.uri().query().map(str::to_owned);
@@ -280,8 +281,30 @@ where
         ctx,
         principal,
         permit,
+        pending_limit: pending_limit.clone(),
     };
-    (template, handler(api_request).await, limit)
+    let outcome = handler(api_request).await;
+    match pending_limit {
+        None => (template, outcome, limit),
+        Some(pending) => {
+            // Whatever the handler answered (a 400 included), a denied request is a 429.
+            let decision = pending.decision().await;
+            match limited(decision) {
+                Ok(()) => (template, outcome, Some(decision)),
+                Err(error) => (template, Err(error), Some(decision)),
+            }
+        }
+    }
+}
+
+/// A denied decision as the 429 it answers.
+pub(crate) fn limited(decision: Decision) -> Result<(), ApiError> {
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(ApiError::RateLimited {
+        retry_after_secs: decision.retry_after_secs.min(u64::from(u32::MAX)) as u32,
+    })
 }
 
 #[cfg(test)]

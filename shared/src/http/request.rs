@@ -31,9 +31,21 @@ pub struct ApiRequest<R> {
     pub principal: Option<crate::auth::Principal>,
     /// Set on routes that shed when busy: the bulkhead slot this request holds.
     pub permit: Option<crate::guard::bulkhead::BulkheadPermit>,
+    /// Set on routes rate-limited alongside their handler: the check in flight.
+    pub pending_limit: Option<crate::guard::ratelimit::PendingDecision>,
 }
 
 impl<R> ApiRequest<R> {
+    /// Waits for the rate-limit check started with the request (routes declared
+    /// [`crate::http::routing::Route::rate_limited_alongside`]); 429 if denied.
+    /// Other routes passed theirs before the handler, so this returns at once.
+    pub async fn rate_limit(&self) -> Result<(), ApiError> {
+        match &self.pending_limit {
+            None => Ok(()),
+            Some(pending) => crate::http::limited(pending.decision().await),
+        }
+    }
+
     /// The verified caller of a protected route.
     pub fn principal(&self) -> Result<&crate::auth::Principal, ApiError> {
         self.principal.as_ref().ok_or_else(|| {

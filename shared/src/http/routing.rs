@@ -16,6 +16,9 @@ pub struct Route<R> {
     pub scope: Option<&'static str>,
     /// Takes a slot of the policy's bulkhead before anything else that costs.
     pub sheds_when_busy: bool,
+    /// The rate-limit check runs while the handler works, not before it (see
+    /// [`Route::rate_limited_alongside`]).
+    pub rate_limited_alongside: bool,
 }
 
 impl<R> Route<R> {
@@ -26,6 +29,7 @@ impl<R> Route<R> {
             id,
             scope: None,
             sheds_when_busy: false,
+            rate_limited_alongside: false,
         }
     }
 
@@ -34,6 +38,16 @@ impl<R> Route<R> {
     /// as [`ApiRequest::permit`].
     pub const fn sheds_when_busy(mut self) -> Self {
         self.sheds_when_busy = true;
+        self
+    }
+
+    /// The same route, its rate-limit check started before the handler and
+    /// awaited by it ([`crate::http::request::ApiRequest::rate_limit`]) together
+    /// with its own admission write, so both cost one round trip. The handler
+    /// must pass the check before anything with an effect; the pipeline checks
+    /// it after the handler too and answers 429 whatever the handler said.
+    pub const fn rate_limited_alongside(mut self) -> Self {
+        self.rate_limited_alongside = true;
         self
     }
 
@@ -49,6 +63,7 @@ impl<R> Route<R> {
             id,
             scope: Some(scope),
             sheds_when_busy: false,
+            rate_limited_alongside: false,
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod chat;
 pub mod embeddings;
+pub mod ledger;
 pub mod models;
 pub mod openai;
 pub mod usage;
@@ -26,7 +27,6 @@ use crate::config::Env;
 use crate::fleet::client::{FleetClient, FleetReply};
 use crate::fleet::error::FleetError;
 use crate::guard::bulkhead::BulkheadPermit;
-use crate::guard::quota::Quotas;
 use crate::observability::RequestContext;
 use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::problem::ApiError;
@@ -34,8 +34,14 @@ use crate::startup::InitError;
 use cache::ResponseCache;
 use chat::Limits;
 use embeddings::{Embedder, EmbeddingLimits};
+use ledger::Owed;
 use models::Catalog;
-use usage::{Billing, PriceTable, Usage, UsageRecorder};
+use usage::{Billing, Settlement, Usage};
+
+/// The usage an answer reports (none reported: nothing billed but the request).
+fn answered_usage(reply: &FleetReply) -> Usage {
+    serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default()
+}
 
 /// Everything inference needs, built once per cold start.
 #[derive(Debug)]
@@ -76,7 +82,6 @@ impl Inference {
             .chain(&embedding_limits.models)
             .cloned()
             .collect();
-        let prices = PriceTable::parse(&env.required("PRICE_TABLE")?, &priced)?;
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
             fleet: Arc::new(FleetClient::from_env_sharing(env, sdk, outbound)?),
@@ -84,12 +89,7 @@ impl Inference {
             chat_limits,
             embedding_limits,
             cache: ResponseCache::from_env(env, dynamodb.clone())?,
-            billing: Billing {
-                service,
-                prices,
-                quotas: Arc::new(Quotas::from_env(env, dynamodb.clone())?),
-                usage: UsageRecorder::new(dynamodb, env.required("USAGE_TABLE")?),
-            },
+            billing: Billing::from_env(service, env, dynamodb, &priced)?,
         })
     }
 
@@ -117,9 +117,44 @@ impl Inference {
     ) -> Result<FleetReply, FleetError> {
         let reply = self.fleet.chat(permit, body, ctx).await?;
         tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
-        let usage: Usage = serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default();
-        self.billing.account(tenant, model, &usage).await;
+        self.billing
+            .account(tenant, model, &answered_usage(&reply))
+            .await;
         Ok(reply)
+    }
+
+    /// [`Self::complete_reserved`] billed later: the request's ledger entry is
+    /// written while the fleet works (never before it), and the returned
+    /// [`Settlement`] bills the answer once the caller has it (or closes the
+    /// entry of a request that got none).
+    pub async fn complete_owed(
+        &self,
+        permit: BulkheadPermit,
+        owed: Owed,
+        body: &Value,
+        ctx: &RequestContext,
+    ) -> (Result<FleetReply, FleetError>, Settlement) {
+        let (opened, reply) = futures_util::join!(
+            self.billing.ledger.open(&owed),
+            self.fleet.chat(permit, body, ctx)
+        );
+        let opened = opened
+            .inspect_err(
+                |error| tracing::error!(%error, "opening the ledger entry failed; billing inline"),
+            )
+            .is_ok();
+        if let Ok(reply) = &reply {
+            tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
+        }
+        let usage = reply.as_ref().ok().map(answered_usage);
+        (
+            reply,
+            Settlement {
+                owed,
+                opened,
+                usage,
+            },
+        )
     }
 
     /// One whole non-streamed completion: validation, quota, fleet, billing.

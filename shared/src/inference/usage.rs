@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::clock::utc_date;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Env};
 use crate::guard::quota::Quotas;
+use crate::inference::ledger::{Ledger, Owed, Settled, Tokens};
 use crate::observability::MetricSet;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Update};
@@ -69,23 +70,65 @@ pub struct Billing {
     pub prices: PriceTable,
     pub usage: UsageRecorder,
     pub quotas: Arc<Quotas>,
+    /// Usage owed by requests being answered (see [`crate::inference::ledger`]).
+    pub ledger: Ledger,
+}
+
+/// A request's billing, due once the caller has the answer: see [`Billing::settle`].
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub owed: Owed,
+    /// Whether the ledger entry was written (else billing is inline, as [`Billing::account`]).
+    pub opened: bool,
+    /// The answer's usage; `None`: no answer, nothing to bill.
+    pub usage: Option<Usage>,
+}
+
+impl Settlement {
+    pub async fn settle(self, billing: &Billing) {
+        billing
+            .settle(&self.owed, self.opened, self.usage.as_ref())
+            .await;
+    }
+}
+
+/// What one run of [`Billing::recover`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Recovery {
+    /// Billed with the answer's own figures (stored when settling collided).
+    pub billed_exactly: usize,
+    /// Billed with the prompt's estimate: the answer's usage was never known.
+    pub billed_estimated: usize,
+    /// Settled meanwhile by the function itself: nothing billed.
+    pub already_settled: usize,
 }
 
 impl Billing {
+    /// `PRICE_TABLE` (a price for each of `priced`), `USAGE_TABLE`, and the
+    /// quotas ([`Quotas::from_env`]).
+    pub fn from_env(
+        service: &'static str,
+        env: &Env<'_>,
+        dynamodb: aws_sdk_dynamodb::Client,
+        priced: &[String],
+    ) -> Result<Self, ConfigError> {
+        let table = env.required("USAGE_TABLE")?;
+        Ok(Self {
+            service,
+            prices: PriceTable::parse(&env.required("PRICE_TABLE")?, priced)?,
+            quotas: Arc::new(Quotas::from_env(env, dynamodb.clone())?),
+            ledger: Ledger::new(dynamodb.clone(), table.clone()),
+            usage: UsageRecorder::new(dynamodb, table),
+        })
+    }
+
     /// Records the usage of one answer: tokens and cost in the usage table,
     /// tokens against the daily quota, and as metrics. A failure is logged with
     /// the figures (so it can be replayed) but does not fail an answer the
     /// caller already has.
     pub async fn account(&self, tenant: &str, model: &str, usage: &Usage) {
         let cost = self.prices.cost_micro_usd(model, usage);
-        MetricSet::new("Sophia")
-            .dimension("Service", self.service)
-            .dimension("Model", model)
-            .count("PromptTokens", usage.prompt_tokens as f64)
-            .count("CompletionTokens", usage.completion_tokens as f64)
-            .count("CostMicroUsd", cost)
-            .property("tenant", tenant)
-            .emit();
+        self.emit(tenant, model, usage, cost);
         let tokens = usage.prompt_tokens + usage.completion_tokens;
         let (recorded, counted) = futures_util::join!(
             self.usage.record(tenant, model, usage, cost),
@@ -95,17 +138,127 @@ impl Billing {
             tracing::error!(%error, tenant, tokens, "counting tokens against the quota failed");
         }
         if let Err(error) = recorded {
-            tracing::error!(
-                %error,
-                tenant,
-                model,
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                cost_micro_usd = cost,
-                "recording usage failed"
-            );
+            log_unrecorded(&error, tenant, model, usage, cost);
         }
     }
+
+    fn emit(&self, tenant: &str, model: &str, usage: &Usage, cost: f64) {
+        MetricSet::new("Sophia")
+            .dimension("Service", self.service)
+            .dimension("Model", model)
+            .count("PromptTokens", usage.prompt_tokens as f64)
+            .count("CompletionTokens", usage.completion_tokens as f64)
+            .count("CostMicroUsd", cost)
+            .property("tenant", tenant)
+            .emit();
+    }
+
+    /// Bills a request whose entry was opened in the ledger (`opened`; if the
+    /// entry could not be written, billing falls back to [`Self::account`]):
+    /// with its answer's usage, or, without an answer, closes the entry
+    /// unbilled. Exactly once: the entry is deleted in the billing transaction.
+    pub async fn settle(&self, owed: &Owed, opened: bool, usage: Option<&Usage>) {
+        let (tenant, model) = (owed.tenant.as_str(), owed.model.as_str());
+        match (opened, usage) {
+            (false, Some(usage)) => self.account(tenant, model, usage).await,
+            (false, None) => {}
+            (true, None) => {
+                if let Err(error) = self.ledger.close_unbilled(owed).await {
+                    // The recovery will bill the prompt's estimate for it.
+                    tracing::error!(%error, tenant, request_id = %owed.request_id, "closing an unanswered request's ledger entry failed");
+                }
+            }
+            (true, Some(usage)) => {
+                let cost = self.prices.cost_micro_usd(model, usage);
+                match self.settle_owed(owed, usage, cost, false).await {
+                    Ok(Settled::Billed) => self.emit(tenant, model, usage, cost),
+                    Ok(outcome) => {
+                        tracing::info!(?outcome, tenant, request_id = %owed.request_id, "usage left to the recovery");
+                    }
+                    Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
+                }
+            }
+        }
+    }
+
+    async fn settle_owed(
+        &self,
+        owed: &Owed,
+        usage: &Usage,
+        cost: f64,
+        recovered: bool,
+    ) -> Result<Settled, String> {
+        let (tenant, model) = (owed.tenant.as_str(), owed.model.as_str());
+        let error = |e: aws_sdk_dynamodb::error::BuildError| e.to_string();
+        let billing = vec![
+            self.usage
+                .update_on(owed.opened_at, tenant, model, usage, cost, recovered)
+                .map_err(error)?,
+            self.quotas
+                .add_tokens_update_on(
+                    owed.opened_at,
+                    tenant,
+                    usage.prompt_tokens + usage.completion_tokens,
+                )
+                .map_err(error)?,
+        ];
+        let tokens = Tokens {
+            prompt: usage.prompt_tokens,
+            completion: usage.completion_tokens,
+        };
+        self.ledger.settle(owed, billing, tokens).await
+    }
+
+    /// Bills every ledger entry opened at or before `cutoff` (Unix seconds) on today
+    /// or the `days_back` days before: requests whose function died between the
+    /// answer and its billing. Each is billed once, on the day it was opened,
+    /// counted as `recovered_requests`.
+    pub async fn recover(&self, cutoff: u64, days_back: u64) -> Result<Recovery, String> {
+        let mut report = Recovery::default();
+        for owed in self.ledger.unsettled(cutoff, days_back).await? {
+            let usage = match owed.answered {
+                Some(tokens) => Usage {
+                    prompt_tokens: tokens.prompt,
+                    completion_tokens: tokens.completion,
+                },
+                None => Usage {
+                    prompt_tokens: owed.prompt_tokens_estimate,
+                    completion_tokens: 0,
+                },
+            };
+            let cost = self.prices.cost_micro_usd(&owed.model, &usage);
+            match self.settle_owed(&owed, &usage, cost, true).await? {
+                Settled::Billed => {
+                    self.emit(&owed.tenant, &owed.model, &usage, cost);
+                    if owed.answered.is_some() {
+                        report.billed_exactly += 1;
+                    } else {
+                        report.billed_estimated += 1;
+                    }
+                }
+                Settled::AlreadySettled => report.already_settled += 1,
+                Settled::Deferred => {
+                    return Err(format!(
+                        "billing request {} of tenant {} keeps colliding",
+                        owed.request_id, owed.tenant
+                    ));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn log_unrecorded(error: &str, tenant: &str, model: &str, usage: &Usage, cost: f64) {
+    tracing::error!(
+        %error,
+        tenant,
+        model,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        cost_micro_usd = cost,
+        "recording usage failed"
+    );
 }
 
 impl Billing {
@@ -164,7 +317,12 @@ impl UsageRecorder {
     /// cached, with no upstream tokens and no cost.
     pub async fn record_cached(&self, tenant: &str, model: &str) -> Result<(), String> {
         let update = self
-            .increment(tenant, model, "cached_requests :one")
+            .increment(
+                crate::clock::now_secs(),
+                tenant,
+                model,
+                "cached_requests :one",
+            )
             .build()
             .map_err(|error| error.to_string())?;
         crate::aws::dynamo::apply(&self.dynamodb, update).await
@@ -179,25 +337,50 @@ impl UsageRecorder {
         usage: &Usage,
         cost_micro_usd: f64,
     ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
-        self.increment(
+        self.update_on(
+            crate::clock::now_secs(),
             tenant,
             model,
-            "prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost",
+            usage,
+            cost_micro_usd,
+            false,
         )
-        .expression_attribute_values(":p", AttributeValue::N(usage.prompt_tokens.to_string()))
-        .expression_attribute_values(":c", AttributeValue::N(usage.completion_tokens.to_string()))
-        .expression_attribute_values(":cost", AttributeValue::N(format!("{cost_micro_usd:.3}")))
-        .build()
     }
 
-    /// One more request on today's row of `tenant` and `model`, plus `adds`
-    /// (more `ADD` terms, whose values the caller binds).
-    fn increment(&self, tenant: &str, model: &str, adds: &str) -> UpdateBuilder {
+    /// [`Self::update`] on the row of the day of `at` (Unix seconds); a
+    /// `recovered` request is also counted as `recovered_requests`.
+    pub fn update_on(
+        &self,
+        at: u64,
+        tenant: &str,
+        model: &str,
+        usage: &Usage,
+        cost_micro_usd: f64,
+        recovered: bool,
+    ) -> Result<Update, aws_sdk_dynamodb::error::BuildError> {
+        let adds = if recovered {
+            "recovered_requests :one, prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost"
+        } else {
+            "prompt_tokens :p, completion_tokens :c, cost_micro_usd :cost"
+        };
+        self.increment(at, tenant, model, adds)
+            .expression_attribute_values(":p", AttributeValue::N(usage.prompt_tokens.to_string()))
+            .expression_attribute_values(
+                ":c",
+                AttributeValue::N(usage.completion_tokens.to_string()),
+            )
+            .expression_attribute_values(":cost", AttributeValue::N(format!("{cost_micro_usd:.3}")))
+            .build()
+    }
+
+    /// One more request on the row of `tenant` and `model` of the day of `at`,
+    /// plus `adds` (more `ADD` terms, whose values the caller binds).
+    fn increment(&self, at: u64, tenant: &str, model: &str, adds: &str) -> UpdateBuilder {
         let now = crate::clock::now_secs();
         Update::builder()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
-            .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(now))))
+            .key("sk", AttributeValue::S(format!("usage#{}#{model}", utc_date(at))))
             .update_expression(format!(
                 "ADD requests :one, {adds} \
                  SET expires_at = if_not_exists(expires_at, :expires), model = :model, tenant = :tenant"

@@ -144,3 +144,43 @@ async fn floods_of_forged_tokens_are_throttled_too() {
     }
     assert_eq!(statuses, [401, 401, 401, 429, 429]);
 }
+
+/// Chat checks its rate limits in the same round trip as the quota reservation
+/// (issue 16), started before the body is parsed: a malformed request still
+/// pays its rate limit and is refused 429 once the budget is spent, and a
+/// request refused by the rate limit gives its quota reservation back.
+#[tokio::test]
+async fn chat_rate_limits_alongside_the_quota_refuse_malformed_requests_too_and_return_the_quota() {
+    let s = harness::chat::setup(
+        1,
+        &[
+            ("RATE_LIMIT_PRINCIPAL_PER_MIN", "1"),
+            ("RATE_LIMIT_PRINCIPAL_BURST", "2"),
+        ],
+    )
+    .await;
+    let path = harness::chat::PATH;
+    let valid = harness::chat::completion("within the limit");
+    let malformed = json!({"model": "sophia-small", "messages": "not a list"});
+    let mut statuses = Vec::new();
+    for body in [&valid, &malformed, &malformed, &valid] {
+        let request = s.deps.authorize(json_request("POST", path, body, None));
+        let response = harness::chat_handle(&s.deps, request).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert_eq!(
+                body_json(&response)["type"],
+                "urn:sophia:problem:rate-limited"
+            );
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(statuses, [200, 400, 429, 429]);
+    assert_eq!(harness::chat::calls(&s.sims[0]), 1);
+    let daily = harness::usage_items(&s.stack, "tenant-a", "daily#").await;
+    assert_eq!(
+        harness::number_of(&daily[0], "requests"),
+        1.0,
+        "the refused valid request's reservation was given back"
+    );
+}
