@@ -38,13 +38,13 @@ stack_pids() {
     pid=${environ#/proc/}
     pid=${pid%/environ}
     [ "$pid" = $$ ] && continue
-    if tr '\0' '\n' <"$environ" 2>/dev/null | grep -qx "SOPHIA_STATE_DIR=$state"; then
+    if { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -qx "SOPHIA_STATE_DIR=$state"; then
       echo "$pid"
     fi
   done
 }
 describe() { # pids: "pid command;" each
-  for pid in "$@"; do printf '%s %s; ' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80)"; done
+  for pid in "$@"; do printf '%s %s; ' "$pid" "$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | cut -c1-80)"; done
 }
 
 failures=0
@@ -54,7 +54,10 @@ check() { # name, signal, target: "group" (make's process group) or "make" (make
   mkdir -p "$state"
   local log=$root/target/stop-check-$name.log
   echo "==> $name: starting make dev (log: ${log#"$root"/})"
-  SOPHIA_STATE_DIR=$state setsid make --no-print-directory dev >"$log" 2>&1 &
+  # A command started with & by a script ignores INT, and an ignored signal
+  # cannot be trapped again: give make (and so dev.sh) INT back, as a
+  # supervisor's or a terminal's child has it.
+  SOPHIA_STATE_DIR=$state setsid env --default-signal=INT make --no-print-directory dev >"$log" 2>&1 &
   local make_pid=$! started=$SECONDS
   until [ -f "$state/stack.json" ]; do
     if ! kill -0 "$make_pid" 2>/dev/null; then
