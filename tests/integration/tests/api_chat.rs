@@ -242,6 +242,7 @@ async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
             .await;
     }
     let requests = 100u64;
+    let started = Instant::now();
     for _ in 0..requests {
         let response = handle(
             &s.deps,
@@ -257,10 +258,19 @@ async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
     println!(
         "total outage: {attempts} upstream attempts for {requests} requests ({ratio:.2} per request)"
     );
-    // Without a budget: 3 per request. With it: 1 + 10 % + the floor (1/s over 10 s).
+    // Without a budget: 3 per request. With it: 1 + 10 % + the floor. The floor
+    // is 1 retry per second kept over a 10 s window, so a run slower than 10 s
+    // (moto under a loaded CI machine) earns one more retry per extra second:
+    // the allowance follows the time this run took, not a guess of it.
+    let floor = 10 + started.elapsed().as_secs();
     assert!(
-        attempts <= requests + requests / 10 + 10 + 2,
-        "{attempts} attempts"
+        attempts <= requests + requests / 10 + floor + 2,
+        "{attempts} attempts in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        attempts < 2 * requests,
+        "{attempts} attempts: the budget, not the attempt limit, bounds retries"
     );
     assert!(attempts > requests, "some retries were allowed");
 }
