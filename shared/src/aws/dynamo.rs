@@ -47,6 +47,62 @@ pub fn cancellation_codes<R>(
     }
 }
 
+/// A conditional write as done: its condition not holding means the item is
+/// already as wanted (written before, or gone), which is success for the caller.
+pub fn unless_condition_failed<T, E, R>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>,
+) -> Result<(), String>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) if is_condition_failure(&error) => Ok(()),
+        Err(error) => Err(error_text(error)),
+    }
+}
+
+/// Why one try of a transaction wrote nothing.
+#[derive(Debug)]
+pub enum TransactFailure {
+    /// Cancelled, with each item's reason (`None`, `ConditionalCheckFailed`,
+    /// `TransactionConflict`…): nothing was written, it may be tried again.
+    Cancelled(Vec<String>),
+    /// Any other failure, as text.
+    Failed(String),
+}
+
+/// One try of a transaction. Callers that retry a collision wait [`collision_backoff`].
+pub async fn transact_once(
+    client: &aws_sdk_dynamodb::Client,
+    items: &[aws_sdk_dynamodb::types::TransactWriteItem],
+) -> Result<(), TransactFailure> {
+    let result = client
+        .transact_write_items()
+        .set_transact_items(Some(items.to_vec()))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) => Err(match cancellation_codes(&error) {
+            Some(codes) => TransactFailure::Cancelled(codes),
+            None => TransactFailure::Failed(error_text(error)),
+        }),
+    }
+}
+
+/// The wait before try `attempt + 1` of a transaction that collided with a
+/// concurrent write of the same item (a busy tenant's usage counters): 20–40 ms
+/// after the first, doubling, jittered so the colliders spread out.
+pub async fn collision_backoff(attempt: u32) {
+    let backoff = 10 * (1u64 << attempt.min(10));
+    tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(
+        backoff..backoff * 2,
+    )))
+    .await;
+}
+
 /// A string attribute.
 pub fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())

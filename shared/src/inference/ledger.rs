@@ -24,7 +24,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem, Update};
 
-use crate::aws::dynamo::{cancellation_codes, error_text, n, s};
+use crate::aws::dynamo::{
+    TransactFailure, collision_backoff, error_text, n, s, transact_once, unless_condition_failed,
+};
 use crate::clock::{now_secs, utc_date};
 
 /// Partition keys per day; the recovery queries each.
@@ -131,7 +133,7 @@ impl Ledger {
 
     /// Writes the entry (idempotent: a second open of the same request changes nothing).
     pub async fn open(&self, owed: &Owed) -> Result<(), String> {
-        let result = self
+        let written = self
             .dynamodb
             .put_item()
             .table_name(&self.table)
@@ -144,11 +146,7 @@ impl Ledger {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if crate::aws::dynamo::is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(error_text(error)),
-        }
+        unless_condition_failed(written)
     }
 
     /// Deletes the entry of a request that got no answer (nothing to bill).
@@ -186,18 +184,10 @@ impl Ledger {
                 )
                 .collect();
         for attempt in 1..=SETTLE_ATTEMPTS {
-            let error = match self
-                .dynamodb
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(Settled::Billed),
-                Err(error) => error,
-            };
-            let Some(codes) = cancellation_codes(&error) else {
-                return Err(error_text(error));
+            let codes = match transact_once(&self.dynamodb, &items).await {
+                Ok(()) => return Ok(Settled::Billed),
+                Err(TransactFailure::Failed(error)) => return Err(error),
+                Err(TransactFailure::Cancelled(codes)) => codes,
             };
             if codes
                 .first()
@@ -208,11 +198,7 @@ impl Ledger {
             // A canceled transaction wrote nothing: it collided with a concurrent
             // write of the same counters (a busy tenant bills one item per day).
             tracing::info!(?codes, attempt, "settling usage collided; trying again");
-            let backoff = 10 * (1u64 << attempt);
-            tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(
-                backoff..backoff * 2,
-            )))
-            .await;
+            collision_backoff(attempt).await;
         }
         self.store_figures(owed, tokens).await?;
         Ok(Settled::Deferred)
@@ -220,7 +206,7 @@ impl Ledger {
 
     /// Keeps the answer's usage on the entry, so the recovery bills the real figures.
     async fn store_figures(&self, owed: &Owed, tokens: Tokens) -> Result<(), String> {
-        let result = self
+        let stored = self
             .dynamodb
             .update_item()
             .table_name(&self.table)
@@ -231,11 +217,8 @@ impl Ledger {
             .expression_attribute_values(":c", n(tokens.completion))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) if crate::aws::dynamo::is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(error_text(error)),
-        }
+        // Gone: the sweep billed the estimate meanwhile, and must not bill twice.
+        unless_condition_failed(stored)
     }
 
     /// Entries of today and the `days_back` days before, opened at or before

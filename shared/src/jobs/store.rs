@@ -3,7 +3,9 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 
-use crate::aws::dynamo::{error_text, is_condition_failure, n, s};
+use crate::aws::dynamo::{
+    TransactFailure, collision_backoff, error_text, is_condition_failure, n, s, transact_once,
+};
 use crate::clock::now_ms;
 use crate::config::{ConfigError, Env};
 use crate::jobs::{
@@ -424,25 +426,12 @@ impl JobStore {
             .chain(billing)
             .map(|update| TransactWriteItem::builder().update(update).build())
             .collect();
-        let mut attempt_no = 0;
-        loop {
-            attempt_no += 1;
-            let error = match self
-                .dynamodb
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(error) => error,
+        for attempt_no in 1..=COMPLETE_ATTEMPTS {
+            let codes = match transact_once(&self.dynamodb, &items).await {
+                Ok(()) => return Ok(true),
+                Err(TransactFailure::Failed(error)) => return Err(JobError::Storage(error)),
+                Err(TransactFailure::Cancelled(codes)) => codes,
             };
-            let canceled = error
-                .as_service_error()
-                .is_some_and(|e| e.is_transaction_canceled_exception());
-            if !canceled {
-                return Err(JobError::Storage(error_text(error)));
-            }
             // A canceled transaction wrote nothing. If the claim moved on, this run
             // lost the job. Otherwise it collided with a concurrent write of the
             // same usage counter (a busy tenant's jobs all bill one item): try again
@@ -451,15 +440,14 @@ impl JobStore {
                 Some(job) if job.status == JobStatus::Running && job.attempts == attempt => {}
                 _ => return Ok(false),
             }
-            if attempt_no >= COMPLETE_ATTEMPTS {
-                return Err(JobError::Storage(error_text(error)));
+            if attempt_no == COMPLETE_ATTEMPTS {
+                return Err(JobError::Storage(format!(
+                    "completing the job collided {COMPLETE_ATTEMPTS} times: {codes:?}"
+                )));
             }
-            let backoff = 10 * (1u64 << attempt_no);
-            tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(
-                backoff..backoff * 2,
-            )))
-            .await;
+            collision_backoff(attempt_no).await;
         }
+        Ok(false)
     }
 }
 
