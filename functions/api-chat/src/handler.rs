@@ -23,6 +23,7 @@ use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::guard::bulkhead::BulkheadPermit;
+use sophia_shared::guard::known_room::KnownRoom;
 use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
@@ -78,6 +79,8 @@ pub struct Deps {
     pub inference: Arc<Inference>,
     /// Where `Prefer: respond-async` (and `async-fallback` in an outage) puts requests.
     pub jobs: JobStore,
+    /// Callers whose completions start the fleet call alongside their admission.
+    pub known_room: KnownRoom,
 }
 
 /// AWS settings come first: they are needed to build the SDK configuration that
@@ -107,6 +110,7 @@ impl Deps {
                 .with_bulkhead(inference.fleet.bulkhead()),
             inference: Arc::new(inference),
             jobs: JobStore::from_env(env, sdk)?,
+            known_room: KnownRoom::from_env(env)?,
         })
     }
 }
@@ -230,20 +234,79 @@ async fn admit(
     permit: Option<BulkheadPermit>,
     tenant: &str,
 ) -> Result<BulkheadPermit, ApiError> {
-    let permit = match permit {
-        Some(permit) => permit,
-        None => deps.inference.admit()?,
-    };
-    let quotas = &deps.inference.billing.quotas;
-    let (limited, reserved) = futures_util::join!(api.rate_limit(), quotas.reserve(tenant));
-    if let Err(denied) = limited {
-        if reserved.is_ok() {
-            quotas.release(tenant).await;
-        }
-        return Err(denied);
-    }
-    reserved?;
+    let permit = slot(deps, permit)?;
+    admission(deps, api, tenant).await?;
     Ok(permit)
+}
+
+fn slot(deps: &Deps, permit: Option<BulkheadPermit>) -> Result<BulkheadPermit, ApiError> {
+    match permit {
+        Some(permit) => Ok(permit),
+        None => deps.inference.admit(),
+    }
+}
+
+/// The rate limits and one request counted against the daily quota, together:
+/// how many requests are left after this one (the least of them; 0 if unknown).
+async fn admission(
+    deps: &Deps,
+    api: &ApiRequest<ChatRoute>,
+    tenant: &str,
+) -> Result<u64, ApiError> {
+    let quotas = &deps.inference.billing.quotas;
+    let (limited, reserved) =
+        futures_util::join!(api.rate_limit_decision(), quotas.reserve_counted(tenant));
+    let rate_left = match limited {
+        Some(decision) => {
+            if let Err(denied) = sophia_shared::http::limited(decision) {
+                if reserved.is_ok() {
+                    quotas.release(tenant).await;
+                }
+                return Err(denied);
+            }
+            u64::from(decision.remaining)
+        }
+        None => u64::MAX,
+    };
+    Ok(reserved?.map_or(0, |quota_left| quota_left.min(rate_left)))
+}
+
+/// What [`admitted_with`] came to.
+enum Admitted<T> {
+    Yes(T),
+    /// Refused before the fleet was asked.
+    Refused(ApiError),
+    /// Refused while the fleet worked: its result, to be discarded.
+    RefusedAlongside(ApiError, T),
+}
+
+/// Admission, and `fleet` (a completion's fleet call with its ledger entry):
+/// together for a caller this instance admitted a moment ago ([`KnownRoom`]),
+/// else one after the other, so an unknown or refused caller costs the fleet
+/// nothing.
+async fn admitted_with<T>(
+    deps: &Deps,
+    api: &ApiRequest<ChatRoute>,
+    tenant: &str,
+    caller: &str,
+    fleet: impl std::future::Future<Output = T>,
+) -> Admitted<T> {
+    // On the heap: the fleet call with its ledger write is a large future, and
+    // joined with admission it would be copied into the caller's frame.
+    let fleet = Box::pin(fleet);
+    let (left, admitted) = if deps.known_room.has_room(caller) {
+        match futures_util::join!(admission(deps, api, tenant), fleet) {
+            (Ok(left), done) => (Some(left), Admitted::Yes(done)),
+            (Err(denied), done) => (None, Admitted::RefusedAlongside(denied, done)),
+        }
+    } else {
+        match admission(deps, api, tenant).await {
+            Ok(left) => (Some(left), Admitted::Yes(fleet.await)),
+            Err(denied) => (None, Admitted::Refused(denied)),
+        }
+    };
+    deps.known_room.record(caller, left);
+    admitted
 }
 
 async fn completions(
@@ -305,21 +368,34 @@ async fn completions(
         CacheLookup::Bypass => Some(CacheOutcome::Bypass),
         CacheLookup::Key(_) => Some(CacheOutcome::Miss),
     };
-    let permit = admit(deps, api, permit, &principal.tenant).await?;
+    let permit = slot(deps, permit)?;
     let owed = Owed::new(
         &principal.tenant,
         &chat.model,
         &api.ctx.request_id,
         api.body.len(),
     );
+    let caller = format!("{}/{}", principal.tenant, principal.subject);
     if chat.stream {
-        let events = stream(deps, api, permit, owed, &chat, &body).await?;
+        let events = stream(deps, api, &caller, permit, owed, &chat, &body).await?;
         return Ok(Answer::Stream(events, outcome));
     }
-    let (reply, settlement) = deps
-        .inference
-        .complete_owed(permit, owed, &body, &api.ctx)
-        .await;
+    let fleet = deps.inference.complete_owed(permit, owed, &body, &api.ctx);
+    let (reply, settlement) =
+        match admitted_with(deps, api, &principal.tenant, &caller, fleet).await {
+            Admitted::Yes(done) => done,
+            Admitted::Refused(denied) => return Err(denied),
+            Admitted::RefusedAlongside(denied, (_, settlement)) => {
+                // The answer is discarded: nothing is billed, the entry is closed.
+                let unbilled = Settlement {
+                    usage: None,
+                    ..settlement
+                };
+                let inference = deps.inference.clone();
+                let tail: Tail = Box::pin(async move { unbilled.settle(&inference.billing).await });
+                return Ok(Answer::Whole(Err(denied), Some(tail)));
+            }
+        };
     let inference = deps.inference.clone();
     let (tenant, model) = (principal.tenant.clone(), chat.model.clone());
     let cached = match (&reply, lookup) {
@@ -364,16 +440,26 @@ fn whole(response: Response<Body>) -> Answer {
 async fn stream(
     deps: &Deps,
     api: &ApiRequest<ChatRoute>,
+    caller: &str,
     permit: BulkheadPermit,
     owed: Owed,
     chat: &ChatRequest,
     body: &serde_json::Value,
 ) -> Result<SseStream, ApiError> {
     let billing = &deps.inference.billing;
-    let (opened, upstream) = futures_util::join!(
-        billing.ledger.open(&owed),
-        deps.inference.fleet.chat_stream(permit, body, &api.ctx)
-    );
+    let fleet = async {
+        futures_util::join!(
+            billing.ledger.open(&owed),
+            deps.inference.fleet.chat_stream(permit, body, &api.ctx)
+        )
+    };
+    let tenant = owed.tenant.clone();
+    let (admitted, (opened, upstream)) =
+        match admitted_with(deps, api, &tenant, caller, fleet).await {
+            Admitted::Yes(done) => (Ok(()), done),
+            Admitted::Refused(denied) => return Err(denied),
+            Admitted::RefusedAlongside(denied, done) => (Err(denied), done),
+        };
     let settlement = Settlement {
         owed,
         opened: opened
@@ -383,6 +469,12 @@ async fn stream(
             .is_ok(),
         usage: None,
     };
+    if let Err(denied) = admitted {
+        // Not one byte went out: the stream is dropped and its entry closed unbilled.
+        drop(upstream);
+        settlement.settle(billing).await;
+        return Err(denied);
+    }
     let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(error) => {

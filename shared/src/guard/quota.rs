@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::aws::dynamo::error_text as aws;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -119,11 +121,17 @@ impl Quotas {
     /// next UTC midnight. A storage failure admits (logged): quotas are billing
     /// policy, not a reason for an outage.
     pub async fn reserve(&self, tenant: &str) -> Result<(), ApiError> {
+        self.reserve_counted(tenant).await.map(|_| ())
+    }
+
+    /// [`Self::reserve`], telling how many requests of today's quota are left
+    /// after this one (`None`: unknown, the storage failed and admitted).
+    pub async fn reserve_counted(&self, tenant: &str) -> Result<Option<u64>, ApiError> {
         let quota = match self.quota(tenant).await {
             Ok(quota) => quota,
             Err(error) => {
                 tracing::error!(%error, tenant, "reading the quota failed; admitting");
-                return Ok(());
+                return Ok(None);
             }
         };
         let now = now_secs();
@@ -141,11 +149,17 @@ impl Quotas {
             .expression_attribute_values(":requests", AttributeValue::N(quota.requests_per_day.to_string()))
             .expression_attribute_values(":tokens", AttributeValue::N(quota.tokens_per_day.to_string()))
             .expression_attribute_values(":expires", AttributeValue::N((now + 400 * 86_400).to_string()))
+            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(output) => Ok(output
+                .attributes()
+                .and_then(|item| item.get("requests"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|counted| quota.requests_per_day.saturating_sub(counted))),
             Err(error)
                 if error
                     .as_service_error()
@@ -159,7 +173,7 @@ impl Quotas {
             }
             Err(error) => {
                 tracing::error!(error = %aws(error), tenant, "counting the quota failed; admitting");
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -297,8 +297,8 @@ where
     }
 }
 
-/// A denied decision as the 429 it answers.
-pub(crate) fn limited(decision: Decision) -> Result<(), ApiError> {
+/// A rate-limit decision as an answer: 429 (with its `Retry-After`) when denied.
+pub fn limited(decision: Decision) -> Result<(), ApiError> {
     if decision.allowed {
         return Ok(());
     }

@@ -40,9 +40,18 @@ impl<R> ApiRequest<R> {
     /// [`crate::http::routing::Route::rate_limited_alongside`]); 429 if denied.
     /// Other routes passed theirs before the handler, so this returns at once.
     pub async fn rate_limit(&self) -> Result<(), ApiError> {
-        match &self.pending_limit {
+        match self.rate_limit_decision().await {
             None => Ok(()),
-            Some(pending) => crate::http::limited(pending.decision().await),
+            Some(decision) => crate::http::limited(decision),
+        }
+    }
+
+    /// The decision [`Self::rate_limit`] turns into an answer, with what is left
+    /// of the budget; `None` on routes checked before the handler.
+    pub async fn rate_limit_decision(&self) -> Option<crate::guard::ratelimit::Decision> {
+        match &self.pending_limit {
+            None => None,
+            Some(pending) => Some(pending.decision().await),
         }
     }
 

@@ -165,3 +165,50 @@ async fn a_late_settlement_after_the_sweep_bills_nothing_twice() {
     );
     assert_eq!(number_of(&items[0], "completion_tokens"), 0.0);
 }
+
+/// A caller this instance admitted with room to spare has its next fleet call
+/// started alongside the admission writes (issue 16). When that admission
+/// refuses (here: the tenant's other callers spent the daily quota meanwhile),
+/// the answer is discarded: 429, nothing billed, the ledger entry closed. The
+/// caller's next request then waits for admission and costs the fleet nothing.
+#[tokio::test]
+async fn a_refusal_found_alongside_the_fleet_call_discards_the_answer_and_bills_nothing() {
+    let s = setup(1, &[("TENANT_DEFAULT_REQUESTS_PER_DAY", "4")]).await;
+    let sim = &s.sims[0];
+    for round in ["admitted first", "admitted alongside"] {
+        let (status, _) = read_answer(&s.deps, &completion(round), true).await;
+        assert_eq!(status, 200, "{round}");
+    }
+    assert_eq!(harness::chat::calls(sim), 2);
+    // Two more requests of the tenant, counted by other instances.
+    let quotas = &s.deps.inference.billing.quotas;
+    quotas.reserve("tenant-a").await.unwrap();
+    quotas.reserve("tenant-a").await.unwrap();
+
+    // Room was known: the fleet is asked, but the quota refuses the answer.
+    let (status, text) = read_answer(&s.deps, &streamed("crosses the quota"), true).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(
+        !text.contains("data:"),
+        "not one event of the discarded stream"
+    );
+    assert_eq!(
+        harness::chat::calls(sim),
+        3,
+        "the fleet call went alongside"
+    );
+    // Refused: the caller waits for admission first, and the fleet is not asked.
+    let (status, _) = read_answer(&s.deps, &completion("refused first"), true).await;
+    assert_eq!(status, 429);
+    assert_eq!(harness::chat::calls(sim), 3);
+
+    assert!(unsettled(&s.deps).await.is_empty(), "the entry was closed");
+    let items = usage_items(&s.stack, "tenant-a", "usage#").await;
+    assert_eq!(
+        number_of(&items[0], "requests"),
+        2.0,
+        "only the two answers"
+    );
+    let daily = usage_items(&s.stack, "tenant-a", "daily#").await;
+    assert_eq!(number_of(&daily[0], "requests"), 4.0);
+}
