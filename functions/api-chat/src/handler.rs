@@ -453,9 +453,8 @@ async fn stream(
             deps.inference.fleet.chat_stream(permit, body, &api.ctx)
         )
     };
-    let tenant = owed.tenant.clone();
     let (admitted, (opened, upstream)) =
-        match admitted_with(deps, api, &tenant, caller, fleet).await {
+        match admitted_with(deps, api, &owed.tenant, caller, fleet).await {
             Admitted::Yes(done) => (Ok(()), done),
             Admitted::Refused(denied) => return Err(denied),
             Admitted::RefusedAlongside(denied, done) => (Err(denied), done),

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::sync::Mutex;
 
-use crate::aws::dynamo::{n, s};
+use crate::aws::dynamo::{n, query_all, s};
 
 use super::tokens::{Opaque, secret_hash};
 use crate::clock::now_secs;
@@ -474,33 +474,20 @@ impl AuthStore {
     }
 
     async fn revoked_families(&self) -> Result<HashSet<String>, StoreError> {
-        let mut revoked = HashSet::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s("revoked-family"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(aws)?;
-            let now = now_secs();
-            for item in output.items() {
-                let item = Item(item);
-                if item.number("expires_at") > now
-                    && let Ok(id) = item.text("sk")
-                {
-                    revoked.insert(id);
-                }
-            }
-            start = output.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(revoked);
-            }
-        }
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s("revoked-family"));
+        let items = query_all(query).await.map_err(aws)?;
+        let now = now_secs();
+        Ok(items
+            .iter()
+            .map(Item)
+            .filter(|item| item.number("expires_at") > now)
+            .filter_map(|item| item.text("sk").ok())
+            .collect())
     }
 }
 

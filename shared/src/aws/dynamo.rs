@@ -103,6 +103,24 @@ pub async fn collision_backoff(attempt: u32) {
     .await;
 }
 
+/// Every item a query matches, page after page (the SDK's paginator).
+pub async fn query_all(
+    query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> Result<
+    Vec<std::collections::HashMap<String, AttributeValue>>,
+    aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::query::QueryError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+> {
+    query
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+}
+
 /// A string attribute.
 pub fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())

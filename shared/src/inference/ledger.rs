@@ -25,7 +25,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem, Update};
 
 use crate::aws::dynamo::{
-    TransactFailure, collision_backoff, error_text, n, s, transact_once, unless_condition_failed,
+    TransactFailure, collision_backoff, error_text, n, query_all, s, transact_once,
+    unless_condition_failed,
 };
 use crate::clock::{now_secs, utc_date};
 
@@ -229,26 +230,16 @@ impl Ledger {
         for day in 0..=days_back {
             let date = utc_date(today.saturating_sub(day * 86_400));
             for shard in 0..SHARDS {
-                let mut start = None;
-                loop {
-                    let page = self
-                        .dynamodb
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk")
-                        .filter_expression("opened_at <= :cutoff")
-                        .expression_attribute_values(":pk", s(&partition(&date, shard)))
-                        .expression_attribute_values(":cutoff", n(cutoff))
-                        .set_exclusive_start_key(start)
-                        .send()
-                        .await
-                        .map_err(error_text)?;
-                    found.extend(page.items().iter().filter_map(Owed::from_item));
-                    start = page.last_evaluated_key().cloned();
-                    if start.is_none() {
-                        break;
-                    }
-                }
+                let query = self
+                    .dynamodb
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk")
+                    .filter_expression("opened_at <= :cutoff")
+                    .expression_attribute_values(":pk", s(&partition(&date, shard)))
+                    .expression_attribute_values(":cutoff", n(cutoff));
+                let items = query_all(query).await.map_err(error_text)?;
+                found.extend(items.iter().filter_map(Owed::from_item));
             }
         }
         Ok(found)

@@ -364,33 +364,21 @@ impl Registry {
 
     /// Every registration of `tenant`, by name.
     pub async fn list(&self, tenant: &str) -> Result<Vec<UpstreamServer>, RegistryError> {
-        let mut servers = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(&partition(tenant)))
-                .expression_attribute_values(":prefix", s("mcp-server#"))
-                .set_exclusive_start_key(start)
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| RegistryError::Storage(crate::aws::dynamo::error_text(e)))?;
-            servers.extend(
-                output
-                    .items()
-                    .iter()
-                    .filter_map(|item| from_item(tenant, item)),
-            );
-            match output.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
-        Ok(servers)
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(&partition(tenant)))
+            .expression_attribute_values(":prefix", s("mcp-server#"))
+            .consistent_read(true);
+        let items = crate::aws::dynamo::query_all(query)
+            .await
+            .map_err(|e| RegistryError::Storage(crate::aws::dynamo::error_text(e)))?;
+        Ok(items
+            .iter()
+            .filter_map(|item| from_item(tenant, item))
+            .collect())
     }
 
     pub async fn get(

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::aws::dynamo::{n, s};
+use crate::aws::dynamo::{n, query_all, s};
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -243,26 +243,15 @@ impl AuditLog {
 
     /// Every entry of `tenant`, oldest first.
     pub async fn entries(&self, tenant: &str) -> Result<Vec<Entry>, AuditError> {
-        let mut entries = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(&format!("audit#{tenant}")))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(aws)?;
-            entries.extend(output.items().iter().map(entry_from));
-            start = output.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(entries);
-            }
-        }
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(&format!("audit#{tenant}")))
+            .consistent_read(true);
+        let items = query_all(query).await.map_err(aws)?;
+        Ok(items.iter().map(entry_from).collect())
     }
 
     /// Up to `limit` entries of `tenant` after sequence number `after` (0: from

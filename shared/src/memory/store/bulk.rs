@@ -6,7 +6,7 @@ use super::{
     META, MemoryStore, StoreError, StoredVector, VectorWrite, from_item, key, memory_item, number,
     storage, text,
 };
-use crate::aws::dynamo::{n, s};
+use crate::aws::dynamo::{n, query_all, s};
 use crate::memory::model::{HistoryEntry, Memory, Owner};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 
@@ -16,35 +16,23 @@ impl MemoryStore {
         owner: &Owner,
         prefix: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let mut query = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .expression_attribute_values(":pk", s(&owner.partition()));
-            // DynamoDB refuses an empty prefix: no prefix is the whole partition.
-            query = if prefix.is_empty() {
-                query.key_condition_expression("pk = :pk")
-            } else {
-                query
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":prefix", s(prefix))
-            };
-            let output = query
-                .projection_expression("sk")
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(storage)?;
-            keys.extend(output.items().iter().filter_map(|item| text(item, "sk")));
-            match output.last_evaluated_key() {
-                Some(last) => start = Some(last.clone()),
-                None => return Ok(keys),
-            }
-        }
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(&owner.partition()))
+            .projection_expression("sk")
+            .consistent_read(true);
+        // DynamoDB refuses an empty prefix: no prefix is the whole partition.
+        let query = if prefix.is_empty() {
+            query.key_condition_expression("pk = :pk")
+        } else {
+            query
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let items = query_all(query).await.map_err(storage)?;
+        Ok(items.iter().filter_map(|item| text(item, "sk")).collect())
     }
 
     pub(super) async fn delete_keys(

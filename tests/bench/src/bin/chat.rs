@@ -231,13 +231,19 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-fn line(name: &str, values: &mut [f64]) {
-    let (p50, p99, max) = (
+fn print(name: &str, [p50, p99, max]: [f64; 3]) {
+    eprintln!("  {name:<52} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   max {max:>8.3} ms");
+}
+
+/// Prints a line's p50, p99 and max and returns them.
+fn line(name: &str, values: &mut [f64]) -> [f64; 3] {
+    let quantiles = [
         quantile(values, 0.5),
         quantile(values, 0.99),
         quantile(values, 1.0),
-    );
-    eprintln!("  {name:<52} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   max {max:>8.3} ms");
+    ];
+    print(name, quantiles);
+    quantiles
 }
 
 /// Each run's quantiles by line, for the median over runs (one run on a shared
@@ -247,12 +253,7 @@ struct Runs(Vec<(String, Vec<[f64; 3]>)>);
 
 impl Runs {
     fn line(&mut self, name: &str, values: &mut [f64]) {
-        line(name, values);
-        let quantiles = [
-            quantile(values, 0.5),
-            quantile(values, 0.99),
-            quantile(values, 1.0),
-        ];
+        let quantiles = line(name, values);
         match self.0.iter_mut().find(|(known, _)| known == name) {
             Some((_, runs)) => runs.push(quantiles),
             None => self.0.push((name.to_owned(), vec![quantiles])),
@@ -265,8 +266,7 @@ impl Runs {
                 let mut values: Vec<f64> = runs.iter().map(|q| q[i]).collect();
                 quantile(&mut values, 0.5)
             };
-            let (p50, p99, max) = (median(0), median(1), median(2));
-            eprintln!("  {name:<52} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   max {max:>8.3} ms");
+            print(name, [median(0), median(1), median(2)]);
         }
     }
 }
