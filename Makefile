@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks stop-checks build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks stop-checks smoke build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,13 @@ stack-checks: setup ## checks against a whole dev stack of their own (API fuzzin
 
 stop-checks: setup ## make dev stopped by TERM/INT to its process group and TERM to make alone leaves no process and no port
 	@tools/stop-checks.sh
+
+BASE ?= http://127.0.0.1:$(or $(SOPHIA_PORT),9000)
+smoke: ## the end-to-end journey against a stack: make smoke [BASE=<url>] (API key: SMOKE_API_KEY, else the dev stack's)
+	@if [ -n "$${SMOKE_API_KEY:-}" ]; then key=""; else \
+		key="--api-key-file $${SOPHIA_STATE_DIR:-.local}/dev-api-key"; \
+		test -s $${SOPHIA_STATE_DIR:-.local}/dev-api-key || { echo "no API key: set SMOKE_API_KEY, or start the dev stack with 'make dev'" >&2; exit 2; }; fi; \
+	cargo run -q --locked -p devtools --bin sophia-dev -- smoke --base "$(BASE)" $$key $(SMOKE_ARGS)
 
 api-fuzz: setup ## schemathesis against the running `make dev` from its OpenAPI document (API_FUZZ_EXAMPLES, API_FUZZ_SECONDS)
 	@tools/api-fuzz.sh

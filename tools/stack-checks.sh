@@ -3,5 +3,7 @@
 # tools/with-dev-stack.sh (which sets SOPHIA_STATE_DIR and SOPHIA_BASE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "==> the smoke journey"
+make -s smoke BASE="$SOPHIA_BASE"
 echo "==> API fuzzing (schemathesis)"
 tools/api-fuzz.sh

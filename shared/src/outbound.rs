@@ -216,7 +216,8 @@ pub struct Exchange<'a> {
     pub method: http::Method,
     pub url: &'a str,
     pub headers: &'a [(String, String)],
-    pub json: &'a serde_json::Value,
+    /// The JSON body; none for a `GET`.
+    pub json: Option<&'a serde_json::Value>,
     pub timeout: Duration,
     /// Answers larger than this fail with [`OutboundError::TooLarge`].
     pub max_answer_bytes: usize,
@@ -233,7 +234,7 @@ pub struct Answer {
 }
 
 impl OutboundClient {
-    /// A JSON request with extra headers; any status is an answer (protocols
+    /// A request (JSON body or none) with extra headers; any status is an answer (protocols
     /// such as MCP give 4xx statuses a meaning). The body is read in chunks up
     /// to `max_answer_bytes`, so a hostile server cannot exhaust memory.
     pub async fn exchange(&self, exchange: Exchange<'_>) -> Result<Answer, OutboundError> {
@@ -249,8 +250,10 @@ impl OutboundClient {
         let mut request = self
             .http
             .request(exchange.method, exchange.url)
-            .timeout(timeout)
-            .json(exchange.json);
+            .timeout(timeout);
+        if let Some(json) = exchange.json {
+            request = request.json(json);
+        }
         for (name, value) in exchange.headers {
             request = request.header(name.as_str(), value.as_str());
         }

@@ -496,7 +496,7 @@ impl UpstreamClient {
                 method: http::Method::POST,
                 url: &server.url,
                 headers: &headers,
-                json: &body,
+                json: Some(&body),
                 timeout,
                 max_answer_bytes: self.settings.max_upstream_answer_bytes,
                 ctx: Some(ctx),

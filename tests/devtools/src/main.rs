@@ -9,6 +9,11 @@
 //! and puts every EMF line into the local CloudWatch, as CloudWatch does with a
 //! Lambda's log lines in AWS, so job-slo-check sees the local requests.
 //!
+//! `sophia-dev smoke --base http://127.0.0.1:9000 --api-key-file .local/dev-api-key`
+//! walks the smoke journey ([`devtools::smoke`]) against any stack; the key
+//! can also come from `SMOKE_API_KEY` (a deployed stack's key stays out of
+//! the process list and the shell history).
+//!
 //! `sophia-dev event-source --queue-url URL --function worker-inference --invoke
 //! http://127.0.0.1:9000` stands in for Lambda's SQS event source mapping (moto
 //! cannot run one without Docker): it long-polls the queue, invokes the function
@@ -22,6 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use devtools::smoke::{self, Journey};
 use sophia_shared::auth::ALL_SCOPES;
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
@@ -63,6 +69,25 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         batch_size: i32,
     },
+    /// Walk the smoke journey against a running stack; non-zero exit on the first failure.
+    Smoke {
+        /// The API base URL (without /v1).
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        base: String,
+        /// A file holding the API key; without it, `SMOKE_API_KEY`.
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
+        #[arg(long, default_value = "sophia-small")]
+        chat_model: String,
+        #[arg(long, default_value = "sophia-embed")]
+        embedding_model: String,
+        /// The whole journey's time limit.
+        #[arg(long, default_value_t = 120)]
+        budget_secs: u64,
+        /// How long a revoked access token may still be accepted.
+        #[arg(long, default_value_t = 15)]
+        revocation_within_secs: u64,
+    },
     /// Follow a log file and put its EMF lines into the local CloudWatch (runs until stopped).
     ShipEmf {
         #[arg(long)]
@@ -87,6 +112,27 @@ async fn main() -> ExitCode {
             batch_size,
         } => event_source(&env, &queue_url, &function, &invoke, batch_size).await,
         Command::ShipEmf { log } => ship_emf(&env, &log).await,
+        Command::Smoke {
+            base,
+            api_key_file,
+            chat_model,
+            embedding_model,
+            budget_secs,
+            revocation_within_secs,
+        } => {
+            let journey = api_key(&env, api_key_file.as_ref()).map(|api_key| Journey {
+                base,
+                api_key,
+                chat_model,
+                embedding_model,
+                budget: Duration::from_secs(budget_secs),
+                revocation_within: Duration::from_secs(revocation_within_secs),
+            });
+            match journey {
+                Ok(journey) => smoke(&env, &journey).await,
+                Err(message) => Err(message),
+            }
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +140,51 @@ async fn main() -> ExitCode {
             eprintln!("sophia-dev: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn api_key(env: &Env<'_>, file: Option<&PathBuf>) -> Result<String, String> {
+    let key = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the API key from {}: {e}", path.display()))?,
+        None => env
+            .optional("SMOKE_API_KEY")
+            .ok_or("no API key: pass --api-key-file or set SMOKE_API_KEY")?,
+    };
+    Ok(key.trim().to_owned())
+}
+
+async fn smoke(env: &Env<'_>, journey: &Journey) -> Result<(), String> {
+    let http = OutboundClient::new(OutboundSettings::from_env(env).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "==> smoke journey against {} (at most {} s)",
+        journey.base,
+        journey.budget.as_secs()
+    );
+    let started = std::time::Instant::now();
+    let mut number = 0;
+    let outcome = smoke::run(&http, journey, |passed| {
+        number += 1;
+        println!(
+            "  [{number:>2}/{}] {:<18} ok {:>7.0} ms  {}",
+            smoke::STEPS.len(),
+            passed.step,
+            passed.took.as_secs_f64() * 1000.0,
+            passed.detail
+        );
+    })
+    .await;
+    match outcome {
+        Ok(passed) => {
+            println!(
+                "==> smoke journey passed: {} steps in {:.1} s",
+                passed.len(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(failed) => Err(failed.to_string()),
     }
 }
 

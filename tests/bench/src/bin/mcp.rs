@@ -317,9 +317,11 @@ impl Direct {
                     "accept".into(),
                     "application/json, text/event-stream".into(),
                 )],
-                json: &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                json: Some(
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                     "protocolVersion": "2025-11-25", "capabilities": {},
                     "clientInfo": {"name": "bench", "version": "1"}}}),
+                ),
                 timeout: Duration::from_secs(5),
                 max_answer_bytes: 1 << 20,
                 ctx: None,
@@ -355,7 +357,7 @@ impl Direct {
                 method: http::Method::POST,
                 url: &self.url,
                 headers: &headers,
-                json: &body,
+                json: Some(&body),
                 timeout: Duration::from_secs(5),
                 max_answer_bytes: 1 << 20,
                 ctx: None,
