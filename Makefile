@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint stack-checks stop-checks smoke build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ token: ## print a fresh access token for the running `make dev` (tenant dev, eve
 		-d "{\"api_key\": \"$$(cat $${SOPHIA_STATE_DIR:-.local}/dev-api-key)\"}" \
 		| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 
-test: setup lint unit cfn-lint stack-checks stop-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack, stopping it
+test: setup lint unit cfn-lint deploy-checks stack-checks stop-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack, stopping it
 	@echo "==> all checks passed"
 
 lint:
@@ -61,6 +61,10 @@ unit:
 cfn-lint:
 	@echo "==> cfn-lint infra/template.yaml"
 	@$(VENV)/bin/cfn-lint infra/template.yaml
+
+deploy-checks: setup ## the template translated offline (aws-sam-translator): every function canaried/shifted through alias `live` with a new-version rollback alarm
+	@echo "==> safe-deploy checks of infra/template.yaml"
+	@$(PYTHON) infra/deploy_checks.py
 
 stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
 	@tools/with-dev-stack.sh tools/stack-checks.sh

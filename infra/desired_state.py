@@ -68,6 +68,11 @@ def last_segment(arn: str) -> str:
     return re.split(r"[:/]", arn)[-1]
 
 
+def invoked(arn: str) -> str:
+    """What a schedule invokes: `function[:alias]` for a Lambda ARN, else the ARN's last segment."""
+    return arn.split(":function:", 1)[1] if ":function:" in arn else last_segment(arn)
+
+
 def keys(schema: list[dict[str, str]]) -> str:
     return ",".join(f"{k['AttributeName']}:{k['KeyType']}" for k in schema)
 
@@ -135,7 +140,7 @@ def desired(stack: OfflineStack) -> list[dict[str, Any]]:
             p = {
                 "expression": props["ScheduleExpression"],
                 "state": props.get("State", "ENABLED"),
-                "target": last_segment(target["Arn"]),
+                "target": invoked(target["Arn"]),
                 "dead_letter_queue": last_segment((target.get("DeadLetterConfig") or {}).get("Arn", "")),
                 "maximum_retry_attempts": str((target.get("RetryPolicy") or {}).get("MaximumRetryAttempts", "")),
             }

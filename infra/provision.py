@@ -166,10 +166,22 @@ class Stack:
             return self.pseudo(name)
         if name in self.params:
             return self.params[name]
+        if name.endswith(".Alias"):
+            # SAM's AutoPublishAlias: the alias ARN (function ARN + `:live`).
+            function = name.removesuffix(".Alias")
+            return f"{self._get_att([function, 'Arn'])}:{self.alias(function)}"
         return self.ensure(name)["ref"]
+
+    def alias(self, function: str) -> str:
+        """The function's AutoPublishAlias (its own, else the Globals')."""
+        own = self.resources[function].get("Properties", {}).get("AutoPublishAlias")
+        return own or self.template.get("Globals", {}).get("Function", {}).get("AutoPublishAlias", "")
 
     def _get_att(self, arg: list[str] | str) -> Any:
         logical, attribute = arg if isinstance(arg, list) else arg.split(".", 1)
+        if attribute == "Version.Version":
+            # The version SAM publishes; locally functions are never versioned.
+            return "1"
         attributes = self.ensure(logical).get("attributes", {})
         if attribute not in attributes:
             raise SystemExit(f"GetAtt {logical}.{attribute}: attribute not supported locally")

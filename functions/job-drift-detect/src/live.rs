@@ -12,6 +12,15 @@ fn last_segment(arn: &str) -> String {
     arn.rsplit([':', '/']).next().unwrap_or_default().to_owned()
 }
 
+/// What a schedule invokes: `function[:alias]` for a Lambda ARN, else the ARN's
+/// last segment (as infra/desired_state.py writes it).
+fn invoked(arn: &str) -> String {
+    match arn.split_once(":function:") {
+        Some((_, function)) => function.to_owned(),
+        None => last_segment(arn),
+    }
+}
+
 fn flag(value: bool) -> String {
     if value { "true" } else { "false" }.to_owned()
 }
@@ -255,7 +264,7 @@ pub(crate) async fn read(
             let target = schedule.target();
             p.insert(
                 "target".into(),
-                target.map(|t| last_segment(t.arn())).unwrap_or_default(),
+                target.map(|t| invoked(t.arn())).unwrap_or_default(),
             );
             p.insert(
                 "dead_letter_queue".into(),
@@ -420,5 +429,18 @@ mod tests {
             last_segment("arn:aws:lambda:r:1:function:stack-job"),
             "stack-job"
         );
+    }
+
+    #[test]
+    fn a_schedule_invokes_a_function_and_its_alias() {
+        assert_eq!(
+            invoked("arn:aws:lambda:r:1:function:stack-job:live"),
+            "stack-job:live"
+        );
+        assert_eq!(
+            invoked("arn:aws:lambda:r:1:function:stack-job"),
+            "stack-job"
+        );
+        assert_eq!(invoked("arn:aws:sqs:r:1:stack-queue"), "stack-queue");
     }
 }

@@ -259,10 +259,13 @@ async fn under_a_total_outage_upstream_attempts_stay_within_the_retry_budget() {
         "total outage: {attempts} upstream attempts for {requests} requests ({ratio:.2} per request)"
     );
     // Without a budget: 3 per request. With it: 1 + 10 % + the floor. The floor
-    // is 1 retry per second kept over a 10 s window, so a run slower than 10 s
-    // (moto under a loaded CI machine) earns one more retry per extra second:
-    // the allowance follows the time this run took, not a guess of it.
-    let floor = 10 + started.elapsed().as_secs();
+    // is a reserve of 10 retries (1/s over a 10 s TTL) that comes back as its
+    // withdrawals expire. tower's TpsBudget expires faster than its TTL: an
+    // expiry more than one window (1 s) after the last skips a slot, so with
+    // one call every few tens of milliseconds its 10 slots turn over in about
+    // 5 s and the reserve is back (seen in CI: 129 attempts in 6.5 s). The
+    // allowance follows the time this run took: the reserve once per 5 s begun.
+    let floor = 10 * (1 + started.elapsed().as_secs() / 5);
     assert!(
         attempts <= requests + requests / 10 + floor + 2,
         "{attempts} attempts in {:?}",
