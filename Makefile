@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy bench clean
+.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy rollback deploy-function bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ token: ## print a fresh access token for the running `make dev` (tenant dev, eve
 
 test: setup lint unit cfn-lint deploy-checks stack-checks stop-checks ## every check CI runs: fmt, clippy, unit + integration tests, cfn-lint, the whole stack, stopping it
 	@echo "==> all checks passed"
+	@# What a prod deploy requires (tools/deploy-gate.sh): this commit passed, on a clean tree.
+	@if [ -z "$$(git status --porcelain 2>/dev/null)" ] && git rev-parse HEAD > target/tested-commit 2>/dev/null; then \
+		echo "    recorded $$(cut -c1-12 target/tested-commit) as tested (make deploy ENV=prod)"; fi
 
 lint:
 	@echo "==> cargo fmt --check"
@@ -65,6 +68,7 @@ cfn-lint:
 deploy-checks: setup ## the template translated offline (aws-sam-translator): every function canaried/shifted through alias `live` with a new-version rollback alarm
 	@echo "==> safe-deploy checks of infra/template.yaml"
 	@$(PYTHON) infra/deploy_checks.py
+	@$(PYTHON) tools/rollback_check.py
 
 stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
 	@tools/with-dev-stack.sh tools/stack-checks.sh
@@ -101,9 +105,26 @@ provision: setup ## provision a running local AWS again (after editing infra/tem
 	@$(PYTHON) infra/provision.py --endpoint http://127.0.0.1:$${SOPHIA_AWS_PORT:-5055} \
 		--stack-name $${SOPHIA_STACK:-sophia-local} --env-file .local/dev.env
 
-deploy: build ## deploy to AWS with SAM (needs AWS credentials and the SAM CLI; see README)
-	@command -v sam >/dev/null || { echo "the SAM CLI is not installed: pip install aws-sam-cli (see README, Deploy)"; exit 2; }
-	@cd infra && sam build --beta-features && sam deploy --config-file samconfig.toml $(DEPLOY_ARGS)
+ENV ?= staging
+STACK_staging := sophia-staging
+STACK_prod := sophia-prod
+STACK = $(STACK_$(ENV))
+deploy: ## deploy to AWS with SAM through canaries: make deploy ENV=staging|prod (prod: clean tree that passed make test; README, Deploy)
+	@tools/deploy-gate.sh $(ENV)
+	@$(MAKE) --no-print-directory build
+	@cd infra && sam build --beta-features && sam deploy --config-file samconfig.toml --config-env $(ENV) $(DEPLOY_ARGS)
+
+rollback: setup ## move every function's alias `live` back (a shift in flight: stopped): make rollback ENV=staging|prod
+	@test -n "$(STACK)" || { echo "ENV must be staging or prod (got '$(ENV)')" >&2; exit 2; }
+	@$(PYTHON) tools/rollback.py --stack $(STACK) --region $${AWS_REGION:-us-east-1}
+
+deploy-function: setup ## one function's code straight onto alias live of staging: make deploy-function FN=api-chat [DRY=1]
+	@test -n "$(FN)" && test -d functions/$(FN) || { echo "FN must be one of: $(notdir $(wildcard functions/*))" >&2; exit 2; }
+	@test "$(ENV)" = staging || { echo "deploy-function is for staging only: prod goes through make deploy ENV=prod (canary, alarms)" >&2; exit 2; }
+	@echo "==> cargo lambda build --release --arm64 --package $(FN)"
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --output-format zip --lambda-dir $(LAMBDA_DIR) --package $(FN)
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda deploy --lambda-dir $(LAMBDA_DIR) --binary-name $(FN) \
+		--alias live --merge-env --region $${AWS_REGION:-us-east-1} $(if $(DRY),--dry) $(STACK)-$(FN)
 
 probe: ## run job-fleet-probe once against the running `make dev` (shared fleet health)
 	@tools/invoke.sh job-fleet-probe manual
