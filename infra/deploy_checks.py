@@ -8,7 +8,9 @@ checked:
   deployment group with automatic rollback and an alarm on the NEW version
   (the alarm's ExecutedVersion is the version that deployment publishes);
 - the traffic shift of each family is the one the README gives: API functions
-  a canary, queue consumers linear, scheduled jobs all at once;
+  a canary, queue consumers linear, scheduled jobs all at once; each runs the
+  pre-traffic hook DeployPreTraffic, which is itself not shifted and is named
+  `CodeDeployHook_*` (the only names CodeDeploy's role may invoke);
 - every trigger invokes the alias, never the unqualified function ($LATEST):
   API Gateway integrations, Lambda permissions, queue event source mappings,
   schedules (and the scheduler's IAM resources), secret rotation.
@@ -104,6 +106,14 @@ def findings(template: dict[str, Any]) -> list[str]:
             problems.append(f"{function}: no alias `{ALIAS}` (AutoPublishAlias)")
             continue
         alias_of[function] = alias
+        if function.startswith("Deploy"):
+            # A hook: never shifted by CodeDeploy, and named so that CodeDeploy may invoke it.
+            name = json.dumps(resources[function]["Properties"]["FunctionName"])
+            if f"{function}DeploymentGroup" in groups:
+                problems.append(f"{function}: a hook must not be deployed through CodeDeploy itself")
+            if "CodeDeployHook_" not in name:
+                problems.append(f"{function}: a hook's name must start with CodeDeployHook_ ({name})")
+            continue
         version = next((k for k, v in versions.items() if function in refs(v["Properties"]["FunctionName"])), None)
         group = next((v for k, v in groups.items() if k == f"{function}DeploymentGroup"), None)
         if group is None:
@@ -117,6 +127,9 @@ def findings(template: dict[str, Any]) -> list[str]:
         rollback = props.get("AutoRollbackConfiguration", {})
         if not rollback.get("Enabled") or "DEPLOYMENT_STOP_ON_ALARM" not in rollback.get("Events", []):
             problems.append(f"{function}: no automatic rollback on alarm")
+        hooks = (resources[alias].get("UpdatePolicy", {}).get("CodeDeployLambdaAliasUpdate", {}))
+        if "DeployPreTraffic" not in refs(hooks.get("BeforeAllowTrafficHook")):
+            problems.append(f"{function}: no pre-traffic hook (DeploymentPreference.Hooks.PreTraffic)")
         names = [next(iter(refs(a["Name"])), "") for a in props.get("AlarmConfiguration", {}).get("Alarms", [])]
         on_new_version = [
             name for name in names
@@ -174,8 +187,8 @@ def main() -> int:
         if not findings(broken):
             print(f"the checks passed {name}: they cannot fail", file=sys.stderr)
             return 1
-    print(f"  {len(functions)} functions: alias `{ALIAS}`, a deployment group with a new-version alarm and "
-          "rollback, the documented traffic shift; every trigger invokes the alias")
+    print(f"  {len(functions)} functions: alias `{ALIAS}`; each but the hook: a deployment group with a new-version "
+          "alarm, rollback, the documented traffic shift and the pre-traffic hook; every trigger invokes the alias")
     return 0
 
 

@@ -10,6 +10,7 @@
 #   SOPHIA_AWS_PORT (5055)  the local AWS endpoint
 #   SOPHIA_SIM_PORTS ("8101 8102")  fleet simulators: primary, secondary
 #   SOPHIA_MCP_PORT (3901)  an upstream MCP server (server-everything from npm) to federate
+#   SOPHIA_CODEDEPLOY_PORT (3911)  the stand-in for CodeDeploy's hook status call (the pre-traffic hook reports there)
 #   SOPHIA_STATE_DIR (.local)       logs, the env file, the dev API key, stack.json
 #
 # Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`'s process group,
@@ -31,6 +32,7 @@ api_port=${SOPHIA_PORT:-9000}
 aws_port=${SOPHIA_AWS_PORT:-5055}
 read -r -a sim_ports <<<"${SOPHIA_SIM_PORTS:-8101 8102}"
 mcp_port=${SOPHIA_MCP_PORT:-3901}
+codedeploy_port=${SOPHIA_CODEDEPLOY_PORT:-3911}
 sim_names=(primary secondary)
 stack=${SOPHIA_STACK:-sophia-local}
 state_dir=${SOPHIA_STATE_DIR:-$root/.local}
@@ -43,9 +45,9 @@ fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 [ -x "$python" ] || fail "the tool environment is missing: run 'make setup' first"
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port"; do
+for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port" "$codedeploy_port"; do
   if port_in_use "$port"; then
-    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS / SOPHIA_MCP_PORT."
+    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS / SOPHIA_MCP_PORT / SOPHIA_CODEDEPLOY_PORT."
   fi
 done
 
@@ -130,6 +132,10 @@ done
 # Locally, tenants may federate MCP servers on loopback (never in AWS: there
 # 127.0.0.1:9001 is the Lambda runtime API).
 echo 'MCP_ALLOW_PRIVATE_UPSTREAMS="true"' >> "$state_dir/dev.env"
+# The pre-traffic hook invokes the functions through cargo lambda watch's Invoke
+# API and reports to the CodeDeploy stand-in.
+printf 'LAMBDA_ENDPOINT_URL="http://127.0.0.1:%s"\nCODEDEPLOY_ENDPOINT_URL="http://127.0.0.1:%s"\n' \
+  "$api_port" "$codedeploy_port" >> "$state_dir/dev.env"
 
 # The simulators accept only the fleet token the local Secrets Manager holds, so the
 # functions' credential path (read, cache, re-read on 401) runs locally as in AWS.
@@ -164,6 +170,12 @@ everything=$root/tools/node/node_modules/@modelcontextprotocol/server-everything
 start "mcp-upstream" "$state_dir/mcp-upstream.log" env PORT="$mcp_port" node "$everything" streamableHttp
 until port_in_use "$mcp_port"; do
   kill -0 "${pids[-1]}" 2>/dev/null || fail "the upstream MCP server exited (log: $state_dir/mcp-upstream.log)"
+  sleep 0.2
+done
+# No local server implements CodeDeploy: a stand-in answers the hook's one call.
+start "codedeploy-standin" "$state_dir/codedeploy-standin.log" "$python" tools/codedeploy_standin.py --port "$codedeploy_port"
+until port_in_use "$codedeploy_port"; do
+  kill -0 "${pids[-1]}" 2>/dev/null || fail "the CodeDeploy stand-in exited (log: $state_dir/codedeploy-standin.log)"
   sleep 0.2
 done
 
@@ -217,6 +229,7 @@ Sophia Functions is running locally.
   local AWS      http://127.0.0.1:$aws_port   (stack '$stack'; env in $state_dir/dev.env)
   fleet          $(printf '%s ' "${fleet//,/  }")
   MCP            $base/mcp   (upstream to federate: http://127.0.0.1:$mcp_port/mcp, server-everything)
+  deploy hook    make invoke FN=deploy-pre-traffic EVENT=hook   (reports to the CodeDeploy stand-in on :$codedeploy_port)
   logs           $state_dir/*.log
 
 Try:

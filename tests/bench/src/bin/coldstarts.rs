@@ -27,7 +27,7 @@ struct Args {
 }
 
 /// (function, sample event, text its first answer contains)
-const FUNCTIONS: [(&str, &str, &str); 14] = [
+const FUNCTIONS: [(&str, &str, &str); 15] = [
     ("api-health", "health.json", "\"statusCode\":200"),
     ("api-auth", "token-bad-key.json", "\"statusCode\":401"),
     ("api-admin", "list-keys.json", "\"statusCode\":401"),
@@ -42,6 +42,7 @@ const FUNCTIONS: [(&str, &str, &str); 14] = [
     ("job-slo-check", "scheduled.json", ""),
     ("job-drift-detect", "scheduled.json", ""),
     ("job-secret-rotate", "secret-age-audit.json", ""),
+    ("deploy-pre-traffic", "bad.json", ""),
 ];
 
 /// `median` of a `coldstart` summary line, e.g. "process start -> init done".

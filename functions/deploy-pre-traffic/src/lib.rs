@@ -1,0 +1,3 @@
+//! deploy-pre-traffic: CodeDeploy's BeforeAllowTraffic hook (see [`handler`]).
+
+pub mod handler;
