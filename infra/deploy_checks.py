@@ -9,8 +9,9 @@ checked:
   (the alarm's ExecutedVersion is the version that deployment publishes);
 - the traffic shift of each family is the one the README gives: API functions
   a canary, queue consumers linear, scheduled jobs all at once; each runs the
-  pre-traffic hook DeployPreTraffic, which is itself not shifted and is named
-  `CodeDeployHook_*` (the only names CodeDeploy's role may invoke);
+  hooks DeployPreTraffic and DeployPostTraffic, which are themselves not
+  shifted and are named `CodeDeployHook_*` (the only names CodeDeploy's role
+  may invoke);
 - every trigger invokes the alias, never the unqualified function ($LATEST):
   API Gateway integrations, Lambda permissions, queue event source mappings,
   schedules (and the scheduler's IAM resources), secret rotation.
@@ -130,6 +131,8 @@ def findings(template: dict[str, Any]) -> list[str]:
         hooks = (resources[alias].get("UpdatePolicy", {}).get("CodeDeployLambdaAliasUpdate", {}))
         if "DeployPreTraffic" not in refs(hooks.get("BeforeAllowTrafficHook")):
             problems.append(f"{function}: no pre-traffic hook (DeploymentPreference.Hooks.PreTraffic)")
+        if "DeployPostTraffic" not in refs(hooks.get("AfterAllowTrafficHook")):
+            problems.append(f"{function}: no post-traffic hook (DeploymentPreference.Hooks.PostTraffic)")
         names = [next(iter(refs(a["Name"])), "") for a in props.get("AlarmConfiguration", {}).get("Alarms", [])]
         on_new_version = [
             name for name in names
@@ -187,8 +190,8 @@ def main() -> int:
         if not findings(broken):
             print(f"the checks passed {name}: they cannot fail", file=sys.stderr)
             return 1
-    print(f"  {len(functions)} functions: alias `{ALIAS}`; each but the hook: a deployment group with a new-version "
-          "alarm, rollback, the documented traffic shift and the pre-traffic hook; every trigger invokes the alias")
+    print(f"  {len(functions)} functions: alias `{ALIAS}`; each but the hooks: a deployment group with a new-version "
+          "alarm, rollback, the documented traffic shift and both hooks; every trigger invokes the alias")
     return 0
 
 

@@ -133,9 +133,11 @@ done
 # 127.0.0.1:9001 is the Lambda runtime API).
 echo 'MCP_ALLOW_PRIVATE_UPSTREAMS="true"' >> "$state_dir/dev.env"
 # The pre-traffic hook invokes the functions through cargo lambda watch's Invoke
-# API and reports to the CodeDeploy stand-in.
+# API and reports to the CodeDeploy stand-in; the post-traffic hook walks the
+# smoke journey through this stack's API (in AWS: the stack's ApiUrl).
 printf 'LAMBDA_ENDPOINT_URL="http://127.0.0.1:%s"\nCODEDEPLOY_ENDPOINT_URL="http://127.0.0.1:%s"\n' \
   "$api_port" "$codedeploy_port" >> "$state_dir/dev.env"
+sed -i "s|^SMOKE_BASE_URL=.*|SMOKE_BASE_URL=\"http://127.0.0.1:$api_port\"|" "$state_dir/dev.env"
 
 # The simulators accept only the fleet token the local Secrets Manager holds, so the
 # functions' credential path (read, cache, re-read on 401) runs locally as in AWS.

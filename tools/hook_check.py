@@ -1,10 +1,12 @@
-"""The pre-traffic hook against a whole dev stack (run by tools/stack-checks.sh).
+"""Both CodeDeploy hooks against a whole dev stack (run by tools/stack-checks.sh).
 
-Invokes deploy-pre-traffic through `cargo lambda watch`'s Lambda Invoke API
-with its CodeDeploy sample event; the hook invokes every function of the stack
-the same way, and reports its verdict to the CodeDeploy stand-in. Checks: the
-verdict is Succeeded with every check passed, and the stand-in received
-exactly one status, for the sample's deployment and hook execution.
+Invokes each hook through `cargo lambda watch`'s Lambda Invoke API with its
+CodeDeploy sample event, as CodeDeploy would: deploy-pre-traffic invokes every
+function of the stack the same way; deploy-post-traffic walks the smoke
+journey through the stack's API with an API key it creates and revokes. Both
+report to the CodeDeploy stand-in. Checks: each verdict is Succeeded with
+everything passed, and the stand-in received exactly one status per hook
+execution, for the sample's deployment.
 """
 
 from __future__ import annotations
@@ -27,27 +29,28 @@ def call(url: str, body: bytes | None = None, timeout: float = 30) -> object:
 def main() -> int:
     base = os.environ["SOPHIA_BASE"]
     standin = f"http://127.0.0.1:{os.environ['SOPHIA_CODEDEPLOY_PORT']}"
-    event = (ROOT / "events/deploy-pre-traffic/hook.json").read_bytes()
     call(f"{standin}/_standin/reset", b"")
-    verdict = call(f"{base}/2015-03-31/functions/deploy-pre-traffic/invocations", event, timeout=300)
-    calls = call(f"{standin}/_standin/calls")
-    sample = json.loads(event)
     problems = []
-    if not isinstance(verdict, dict) or verdict.get("status") != "Succeeded" or verdict.get("failed"):
-        problems.append(f"the verdict is not a clean Succeeded: {json.dumps(verdict)[:2000]}")
-    elif verdict.get("checks", 0) < 15:
-        problems.append(f"only {verdict.get('checks')} checks ran")
-    expected = [{"deploymentId": sample["DeploymentId"],
-                 "lifecycleEventHookExecutionId": sample["LifecycleEventHookExecutionId"],
-                 "status": "Succeeded"}]
-    if calls != expected:
-        problems.append(f"CodeDeploy was told {calls}, expected exactly {expected}")
+    expected_calls = []
+    for hook, passed in [("deploy-pre-traffic", lambda v: v.get("checks", 0) >= 16 and not v.get("failed")),
+                         ("deploy-post-traffic", lambda v: v.get("steps") == 12 and not v.get("failure"))]:
+        event = (ROOT / f"events/{hook}/hook.json").read_bytes()
+        verdict = call(f"{base}/2015-03-31/functions/{hook}/invocations", event, timeout=300)
+        if not isinstance(verdict, dict) or verdict.get("status") != "Succeeded" or not passed(verdict):
+            problems.append(f"{hook}: not a clean Succeeded: {json.dumps(verdict)[:2000]}")
+        else:
+            what = f"{verdict['checks']} checks" if "checks" in verdict else f"{verdict['steps']} smoke steps"
+            print(f"  {hook}: {what} passed; Succeeded reported")
+        sample = json.loads(event)
+        expected_calls.append({"deploymentId": sample["DeploymentId"],
+                               "lifecycleEventHookExecutionId": sample["LifecycleEventHookExecutionId"],
+                               "status": "Succeeded"})
+    calls = call(f"{standin}/_standin/calls")
+    if calls != expected_calls:
+        problems.append(f"CodeDeploy was told {calls}, expected exactly {expected_calls}")
     for problem in problems:
         print(f"  FAIL {problem}", file=sys.stderr)
-    if problems:
-        return 1
-    print(f"  pre-traffic hook: {verdict['checks']} checks of every function passed; one Succeeded reported")
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

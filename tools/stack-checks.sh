@@ -3,7 +3,7 @@
 # tools/with-dev-stack.sh (which sets SOPHIA_STATE_DIR and SOPHIA_BASE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "==> the pre-traffic hook (deploy-pre-traffic) against every function"
+echo "==> the deploy hooks: pre-traffic checks of every function, the post-traffic smoke journey"
 .venv/bin/python tools/hook_check.py
 echo "==> the smoke journey"
 make -s smoke BASE="$SOPHIA_BASE"

@@ -7,23 +7,19 @@
 //! `NonRetryable.Invalid`). Any 5xx, wrong status, wrong problem type, function
 //! error or timeout fails the hook, and CodeDeploy rolls the deployment back.
 //!
-//! The verdict is reported with `PutLifecycleEventHookExecutionStatus` exactly
-//! once, also when the checks fail or the invocation is about to run out of
-//! time: the checks get the invocation's time minus a margin for the report
-//! (a hook that never reports blocks a deployment for an hour). The report is
-//! retried only when the call itself failed.
+//! The verdict is reported exactly once ([`sophia_shared::ops::deploy_hook`]),
+//! also when the checks fail or the invocation is about to run out of time:
+//! the checks get the invocation's time minus a margin for the report.
 //!
 //! Invocations of a version ARN are not alias invocations, so they do not
 //! count in the new-version alarms (`ExecutedVersion` of the alias `live`).
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_codedeploy::types::LifecycleEventStatus;
 use aws_sdk_lambda::primitives::Blob;
-use lambda_runtime::Diagnostic;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::ops::deploy_hook::{HookError, HookEvent, codedeploy_client, report, verdict};
 
 pub const SERVICE: &str = "deploy-pre-traffic";
 
@@ -118,35 +114,6 @@ pub const CHECKS: &[Check] = &[
     ),
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    #[error("the event is not a CodeDeploy lifecycle hook event: {0}")]
-    Invalid(String),
-    #[error("the verdict could not be reported to CodeDeploy: {0}")]
-    Report(String),
-}
-
-impl From<HookError> for Diagnostic {
-    fn from(error: HookError) -> Self {
-        let error_type = match error {
-            HookError::Invalid(_) => "NonRetryable.Invalid",
-            HookError::Report(_) => "Retryable.Report",
-        };
-        Diagnostic {
-            error_type: error_type.to_owned(),
-            error_message: error.to_string(),
-        }
-    }
-}
-
-/// CodeDeploy's hook event.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HookEvent {
-    pub deployment_id: String,
-    pub lifecycle_event_hook_execution_id: String,
-}
-
 /// A function's new version: its name and what to invoke (a version ARN in
 /// AWS; the function's name under `cargo lambda watch`).
 #[derive(Debug, Clone, PartialEq)]
@@ -175,19 +142,16 @@ impl Deps {
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_timeout(Duration::from_secs(900))
+                    .operation_attempt_timeout(Duration::from_secs(900))
                     .build(),
             )
             .retry_config(aws_config::retry::RetryConfig::disabled());
         if let Some(url) = env.optional("LAMBDA_ENDPOINT_URL") {
             lambda = lambda.endpoint_url(url);
         }
-        let mut codedeploy = aws_sdk_codedeploy::config::Builder::from(sdk);
-        if let Some(url) = env.optional("CODEDEPLOY_ENDPOINT_URL") {
-            codedeploy = codedeploy.endpoint_url(url);
-        }
         Ok(Self {
             lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
-            codedeploy: aws_sdk_codedeploy::Client::from_conf(codedeploy.build()),
+            codedeploy: codedeploy_client(env, sdk),
             versions,
             report_margin: Duration::from_millis(env.parse_or("HOOK_REPORT_MARGIN_MS", 5_000u64)?),
         })
@@ -234,8 +198,7 @@ pub struct Outcome {
 
 /// Runs the checks, then reports the verdict; `deadline` is the invocation's.
 pub async fn handle(deps: &Deps, event: Value, deadline: Instant) -> Result<Value, HookError> {
-    let event: HookEvent =
-        serde_json::from_value(event).map_err(|e| HookError::Invalid(e.to_string()))?;
+    let event = HookEvent::parse(event)?;
     let checks_until = deadline
         .checked_sub(deps.report_margin)
         .unwrap_or_else(Instant::now);
@@ -258,12 +221,8 @@ pub async fn handle(deps: &Deps, event: Value, deadline: Instant) -> Result<Valu
             }
         }
     }
-    let status = if failed.is_empty() {
-        LifecycleEventStatus::Succeeded
-    } else {
-        LifecycleEventStatus::Failed
-    };
-    report(deps, &event, status.clone(), deadline).await?;
+    let status = verdict(failed.is_empty());
+    report(&deps.codedeploy, &event, status.clone(), deadline).await?;
     tracing::info!(deployment = %event.deployment_id, status = %status.as_str(), checks = outcomes.len(), failed = failed.len(), "verdict reported");
     Ok(json!({
         "deployment_id": event.deployment_id,
@@ -425,46 +384,6 @@ fn api_answer(payload: &[u8]) -> Result<(Value, String), String> {
         None => answer["body"].as_str().unwrap_or_default().to_owned(),
     };
     Ok((answer, body))
-}
-
-/// Reports the verdict; retried (up to 3 tries, before `deadline`) only when the call failed.
-async fn report(
-    deps: &Deps,
-    event: &HookEvent,
-    status: LifecycleEventStatus,
-    deadline: Instant,
-) -> Result<(), HookError> {
-    let mut last = String::new();
-    for attempt in 0..3u32 {
-        if attempt > 0 {
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        }
-        // The first try is made whatever time is left: a verdict that is never
-        // reported holds the deployment for an hour, and the runtime ends the
-        // invocation at its deadline anyway.
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        let call = deps
-            .codedeploy
-            .put_lifecycle_event_hook_execution_status()
-            .deployment_id(&event.deployment_id)
-            .lifecycle_event_hook_execution_id(&event.lifecycle_event_hook_execution_id)
-            .status(status.clone())
-            .send();
-        match tokio::time::timeout(left, call).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(error)) => {
-                last = aws_sdk_codedeploy::error::DisplayErrorContext(error).to_string();
-            }
-            Err(_) => last = "no answer before the invocation's deadline".to_owned(),
-        }
-        tracing::warn!(attempt, error = %last, "reporting the verdict failed");
-    }
-    Err(HookError::Report(last))
 }
 
 #[cfg(test)]

@@ -2,8 +2,14 @@
 //!
 //! - [`alerts`]: de-duplicated alerts to a Slack-compatible webhook;
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
-//! - [`flags`]: typed per-tenant feature flags, cached.
+//! - `deploy_hook` (feature `codedeploy`): the CodeDeploy hooks' event and verdict report;
+//! - [`flags`]: typed per-tenant feature flags, cached;
+//! - [`smoke`]: the end-to-end smoke journey through the public API (`make
+//!   smoke`, the post-traffic deploy hook).
 
 pub mod alerts;
 pub mod audit;
+#[cfg(feature = "codedeploy")]
+pub mod deploy_hook;
 pub mod flags;
+pub mod smoke;

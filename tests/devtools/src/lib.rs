@@ -4,10 +4,6 @@
 //! [`emf_datums`] and [`put_emf`]: CloudWatch's EMF extraction, which in AWS
 //! turns the functions' EMF log lines into metrics; locally they are put into
 //! the local CloudWatch.
-//!
-//! [`smoke`]: the end-to-end journey of `make smoke`, against any stack.
-
-pub mod smoke;
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
 use serde_json::Value;

@@ -10,7 +10,7 @@
 //! Lambda's log lines in AWS, so job-slo-check sees the local requests.
 //!
 //! `sophia-dev smoke --base http://127.0.0.1:9000 --api-key-file .local/dev-api-key`
-//! walks the smoke journey ([`devtools::smoke`]) against any stack; the key
+//! walks the smoke journey (`sophia_shared::ops::smoke`) against any stack; the key
 //! can also come from `SMOKE_API_KEY` (a deployed stack's key stays out of
 //! the process list and the shell history).
 //!
@@ -27,11 +27,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use devtools::smoke::{self, Journey};
 use sophia_shared::auth::ALL_SCOPES;
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
+use sophia_shared::ops::smoke::{self, Journey};
 use sophia_shared::outbound::{OutboundClient, OutboundSettings};
 use std::time::Duration;
 

@@ -354,6 +354,10 @@ async fn every_function_starts_with_only_its_own_template_environment() {
         let deps = deploy_pre_traffic::handler::Deps::from_env(env, &sdk);
         async move { deps.map(|_| ()) }
     });
+    starts!("deploy-post-traffic", |env| {
+        let deps = deploy_post_traffic::handler::Deps::from_env(env, &sdk);
+        async move { deps.map(|_| ()) }
+    });
     assert_eq!(
         started.len(),
         functions.len(),

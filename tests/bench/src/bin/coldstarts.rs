@@ -27,7 +27,7 @@ struct Args {
 }
 
 /// (function, sample event, text its first answer contains)
-const FUNCTIONS: [(&str, &str, &str); 15] = [
+const FUNCTIONS: [(&str, &str, &str); 16] = [
     ("api-health", "health.json", "\"statusCode\":200"),
     ("api-auth", "token-bad-key.json", "\"statusCode\":401"),
     ("api-admin", "list-keys.json", "\"statusCode\":401"),
@@ -43,6 +43,7 @@ const FUNCTIONS: [(&str, &str, &str); 15] = [
     ("job-drift-detect", "scheduled.json", ""),
     ("job-secret-rotate", "secret-age-audit.json", ""),
     ("deploy-pre-traffic", "bad.json", ""),
+    ("deploy-post-traffic", "bad.json", ""),
 ];
 
 /// `median` of a `coldstart` summary line, e.g. "process start -> init done".

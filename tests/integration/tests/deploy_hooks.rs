@@ -1,12 +1,14 @@
-//! deploy-pre-traffic's failure paths, in-process: the verdict is reported
-//! exactly once, as Failed, when the new versions cannot be invoked or never
-//! answer, within the invocation's time.
+//! The deploy hooks' failure paths, in-process: deploy-pre-traffic reports
+//! exactly one Failed, within the invocation's time, when the new versions
+//! cannot be invoked or never answer; deploy-post-traffic reports one Failed
+//! when the smoke journey fails, and revokes the API key it made for it.
 //!
 //! CodeDeploy is `tools/codedeploy_standin.py`, a local stand-in for its one
 //! call (PutLifecycleEventHookExecutionStatus): no local AWS server implements
-//! CodeDeploy's lifecycle hooks. The success path, with every function
-//! invoked through `cargo lambda watch`'s Lambda Invoke API, is checked on a
-//! whole dev stack (`tools/hook_check.py` in `make test`).
+//! CodeDeploy's lifecycle hooks. The success paths (every function invoked
+//! through `cargo lambda watch`'s Lambda Invoke API; the journey through the
+//! stack's API) are checked on a whole dev stack (`tools/hook_check.py` in
+//! `make test`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deploy_pre_traffic::handler::{Deps, handle};
-use harness::{python, sdk_config_for, workspace_root};
+use harness::{local_aws, python, sdk_config_for, unique_stack, workspace_root};
 use serde_json::{Value, json};
 use sophia_shared::config::Env;
 use sophia_shared::outbound::{Exchange, OutboundClient, OutboundSettings};
@@ -164,4 +166,50 @@ async fn a_malformed_event_is_refused_without_a_report() {
     let diagnostic: lambda_runtime::Diagnostic = error.into();
     assert_eq!(diagnostic.error_type, "NonRetryable.Invalid");
     assert_eq!(standin.calls().await, json!([]));
+}
+
+#[tokio::test]
+async fn a_failed_journey_fails_the_post_traffic_hook_and_revokes_its_key() {
+    use deploy_post_traffic::handler::{Deps as PostDeps, handle as post_handle};
+    use sophia_shared::auth::store::AuthStore;
+
+    let standin = StandIn::start();
+    let stack = local_aws().provision(&unique_stack("post-traffic"), &[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let env = stack.env_with(&[
+        ("SMOKE_BASE_URL", base.as_str()),
+        ("SMOKE_TENANT", "smoke-it"),
+        ("CODEDEPLOY_ENDPOINT_URL", standin.url.as_str()),
+        ("HOOK_REPORT_MARGIN_MS", "1000"),
+    ]);
+    let sdk = local_aws().sdk_config().await;
+    let deps = PostDeps::from_env(&Env::new(&env), &sdk).unwrap();
+    let verdict = post_handle(
+        &deps,
+        event("post-refused"),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verdict["status"], "Failed", "{verdict}");
+    assert!(
+        verdict["failure"]
+            .as_str()
+            .unwrap()
+            .contains("smoke step `token` failed"),
+        "{verdict}"
+    );
+    assert_eq!(
+        standin.calls().await,
+        json!([{"deploymentId": "d-TEST", "lifecycleEventHookExecutionId": "post-refused", "status": "Failed"}])
+    );
+    let store = AuthStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.env("AUTH_TABLE").to_owned(),
+    );
+    let keys = store.list_api_keys("smoke-it").await.unwrap();
+    assert_eq!(keys.len(), 1, "one key made for the run");
+    assert!(keys[0].revoked, "the journey's key is revoked after it");
 }

@@ -13,8 +13,8 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::outbound::{Answer, Exchange, OutboundClient};
 use serde_json::{Value, json};
-use sophia_shared::outbound::{Exchange, OutboundClient};
 
 /// The revision the MCP step speaks (`server/discover` era).
 const MCP_REVISION: &str = "2026-07-28";
@@ -384,7 +384,7 @@ impl Walk<'_> {
         bearer: Option<&str>,
         json: Option<&Value>,
         extra: &[(String, String)],
-    ) -> Result<sophia_shared::outbound::Answer, String> {
+    ) -> Result<Answer, String> {
         let left = self.left()?;
         let method = http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let mut headers: Vec<(String, String)> = extra.to_vec();
@@ -425,7 +425,7 @@ impl Walk<'_> {
 }
 
 /// The answer's JSON body when its status is `status`.
-fn expect(answer: &sophia_shared::outbound::Answer, status: u16) -> Result<Value, String> {
+fn expect(answer: &Answer, status: u16) -> Result<Value, String> {
     if answer.status.as_u16() != status {
         return Err(unexpected(answer, status));
     }
@@ -437,7 +437,7 @@ fn expect(answer: &sophia_shared::outbound::Answer, status: u16) -> Result<Value
 }
 
 /// "expected 200, got 503 …" with the problem's type and detail when there is one.
-fn unexpected(answer: &sophia_shared::outbound::Answer, wanted: u16) -> String {
+fn unexpected(answer: &Answer, wanted: u16) -> String {
     let body = String::from_utf8_lossy(&answer.body);
     let said = match serde_json::from_str::<Value>(&body) {
         Ok(problem) if problem.get("type").is_some() => format!(
@@ -453,7 +453,7 @@ fn unexpected(answer: &sophia_shared::outbound::Answer, wanted: u16) -> String {
     format!("expected {wanted}, got {}: {said}", answer.status.as_u16())
 }
 
-fn header(answer: &sophia_shared::outbound::Answer, name: &str) -> String {
+fn header(answer: &Answer, name: &str) -> String {
     answer
         .headers
         .get(name)

@@ -1,0 +1,3 @@
+//! deploy-post-traffic: CodeDeploy's AfterAllowTraffic hook (see [`handler`]).
+
+pub mod handler;

@@ -1,0 +1,25 @@
+//! deploy-post-traffic (CodeDeploy AfterAllowTraffic hook): wiring only.
+
+use std::time::Duration;
+
+use deploy_post_traffic::handler::{Deps, handle};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use sophia_shared::aws::{AwsSettings, load_sdk_config};
+use sophia_shared::config::{Env, ProcessEnv};
+use sophia_shared::observability::{deadline_from_epoch_ms, init_logging};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging();
+    let env = Env::new(&ProcessEnv);
+    let sdk = load_sdk_config(AwsSettings::from_env(&env)?).await;
+    let deps = Deps::from_env(&env, &sdk)
+        .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
+    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
+        // Lambda's deadline; a missing or past one (cargo lambda watch sends
+        // none) gives the journey two minutes.
+        let deadline = deadline_from_epoch_ms(event.context.deadline, Duration::from_secs(120));
+        handle(&deps, event.payload, deadline)
+    }))
+    .await
+}
