@@ -91,6 +91,17 @@ async fn main() {
     let mut health_init = None;
     let mut misses = Vec::new();
     for (function, event, expect) in FUNCTIONS {
+        // The function's own template variables (e.g. the hooks' NEW_VERSIONS)
+        // under the stack-wide ones.
+        let own = stack.report["functions"][function]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut env = env.clone();
+        for (key, value) in own {
+            env.entry(key)
+                .or_insert_with(|| value.as_str().unwrap_or_default().to_owned());
+        }
         let event = Path::new("events").join(function).join(event);
         let mut command = Command::new(&coldstart);
         command
