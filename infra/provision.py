@@ -172,14 +172,17 @@ class Stack:
         if name.endswith(".Version"):
             # SAM's published version. Locally nothing is versioned: the function
             # itself, by the name `cargo lambda watch` serves it (its binary).
-            function = name.removesuffix(".Version")
-            build = self.resources[function].get("Metadata", {}).get("BuildProperties", {})
-            return build.get("Binary", function)
+            return self.binary(name.removesuffix(".Version"))
         if name.endswith(".Alias"):
             # SAM's AutoPublishAlias: the alias ARN (function ARN + `:live`).
             function = name.removesuffix(".Alias")
             return f"{self._get_att([function, 'Arn'])}:{self.alias(function)}"
         return self.ensure(name)["ref"]
+
+    def binary(self, function: str) -> str:
+        """The function's binary: the name `cargo lambda watch` serves it by."""
+        build = self.resources[function].get("Metadata", {}).get("BuildProperties", {})
+        return build.get("Binary", function)
 
     def alias(self, function: str) -> str:
         """The function's AutoPublishAlias (its own, else the Globals')."""
@@ -257,8 +260,7 @@ class Stack:
             merged = {**base, **self.resolve(own)}
             # What job-drift-detect cannot find locally because this script does not create it.
             merged["DRIFT_SKIP"] = "functions,rotation,cloudformation"
-            binary = spec.get("Metadata", {}).get("BuildProperties", {}).get("Binary", logical)
-            envs[binary] = {k: str(v) for k, v in merged.items()}
+            envs[self.binary(logical)] = {k: str(v) for k, v in merged.items()}
         return envs
 
 

@@ -21,9 +21,12 @@ use serde_json::{Value, json};
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::auth::{SCOPE_CHAT, SCOPE_JOBS, SCOPE_MEMORY, SCOPE_TOOLS};
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::ops::deploy_hook::{HookError, HookEvent, codedeploy_client, report, verdict};
+use sophia_shared::ops::deploy_hook::{
+    HookError, HookEvent, codedeploy_client, report, report_margin, verdict, work_until,
+};
 use sophia_shared::ops::smoke::{self, Journey};
 use sophia_shared::outbound::{OutboundClient, OutboundSettings};
+use sophia_shared::startup::InitError;
 
 pub const SERVICE: &str = "deploy-post-traffic";
 
@@ -46,17 +49,14 @@ pub struct Deps {
 }
 
 impl Deps {
-    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let first = |name: &str| -> Result<String, ConfigError> {
-            env.required(name)?
-                .split(',')
-                .map(str::trim)
-                .find(|model| !model.is_empty())
-                .map(str::to_owned)
+            env.list(name)
+                .into_iter()
+                .next()
                 .ok_or_else(|| ConfigError::new(name, "lists no model"))
         };
-        let http = OutboundClient::new(OutboundSettings::from_env(env)?)
-            .map_err(|error| ConfigError::new("OUTBOUND", error.to_string()))?;
+        let http = OutboundClient::new(OutboundSettings::from_env(env)?)?;
         Ok(Self {
             codedeploy: codedeploy_client(env, sdk),
             auth: AuthStore::new(
@@ -73,7 +73,7 @@ impl Deps {
             revocation_within: Duration::from_secs(
                 env.parse_or("SMOKE_REVOCATION_WITHIN_SECS", 15u64)?,
             ),
-            report_margin: Duration::from_millis(env.parse_or("HOOK_REPORT_MARGIN_MS", 5_000u64)?),
+            report_margin: report_margin(env)?,
         })
     }
 }
@@ -81,11 +81,7 @@ impl Deps {
 /// Walks the journey, then reports the verdict; `deadline` is the invocation's.
 pub async fn handle(deps: &Deps, event: Value, deadline: Instant) -> Result<Value, HookError> {
     let event = HookEvent::parse(event)?;
-    let budget = deadline
-        .checked_sub(deps.report_margin)
-        .map_or(Duration::ZERO, |until| {
-            until.saturating_duration_since(Instant::now())
-        });
+    let budget = work_until(deadline, deps.report_margin).saturating_duration_since(Instant::now());
     tracing::info!(deployment = %event.deployment_id, base = %deps.base, budget_ms = %budget.as_millis(), "post-traffic smoke journey starting");
     let outcome = journey(deps, &event.deployment_id, budget).await;
     let status = verdict(outcome.is_ok());

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_lambda::primitives::Blob;
 use serde_json::{Value, json};
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::ops::deploy_hook::{HookError, HookEvent, codedeploy_client, report, verdict};
+use sophia_shared::ops::deploy_hook::{
+    HookError, HookEvent, codedeploy_client, report, report_margin, verdict, work_until,
+};
 
 pub const SERVICE: &str = "deploy-pre-traffic";
 
@@ -153,7 +155,7 @@ impl Deps {
             lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
             codedeploy: codedeploy_client(env, sdk),
             versions,
-            report_margin: Duration::from_millis(env.parse_or("HOOK_REPORT_MARGIN_MS", 5_000u64)?),
+            report_margin: report_margin(env)?,
         })
     }
 }
@@ -199,9 +201,7 @@ pub struct Outcome {
 /// Runs the checks, then reports the verdict; `deadline` is the invocation's.
 pub async fn handle(deps: &Deps, event: Value, deadline: Instant) -> Result<Value, HookError> {
     let event = HookEvent::parse(event)?;
-    let checks_until = deadline
-        .checked_sub(deps.report_margin)
-        .unwrap_or_else(Instant::now);
+    let checks_until = work_until(deadline, deps.report_margin);
     tracing::info!(
         deployment = %event.deployment_id,
         versions = deps.versions.len(),

@@ -10,7 +10,7 @@ use aws_sdk_codedeploy::types::LifecycleEventStatus;
 use lambda_runtime::Diagnostic;
 use serde::Deserialize;
 
-use crate::config::Env;
+use crate::config::{ConfigError, Env};
 
 /// CodeDeploy's hook event.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +55,21 @@ pub fn codedeploy_client(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> aws_sdk_
         config = config.endpoint_url(url);
     }
     aws_sdk_codedeploy::Client::from_conf(config.build())
+}
+
+/// `HOOK_REPORT_MARGIN_MS` (5000): kept back from the invocation's time for the report.
+pub fn report_margin(env: &Env<'_>) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(
+        env.parse_or("HOOK_REPORT_MARGIN_MS", 5_000u64)?,
+    ))
+}
+
+/// Until when a hook may work so that its report still fits before `deadline`
+/// (now, when the margin is already used up).
+pub fn work_until(deadline: Instant, margin: Duration) -> Instant {
+    deadline
+        .checked_sub(margin)
+        .map_or_else(Instant::now, |until| until.max(Instant::now()))
 }
 
 /// The verdict of a hook.

@@ -91,7 +91,8 @@ pub async fn run(
         report: RefCell::new(&mut report),
     };
     let w = &walk;
-    let run_id = &format!("{:x}", u64::from(std::process::id()) ^ unix_nanos());
+    // Random: journeys of several hooks may run at once (same pid, same instant).
+    let run_id = &format!("{:016x}", fastrand::u64(..));
 
     let (access, refresh) = walk
         .step("token", async move {
@@ -514,12 +515,6 @@ pub fn stream_chunks(stream: &str) -> Result<usize, String> {
         return Err("the stream carried no content".to_owned());
     }
     Ok(chunks)
-}
-
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
