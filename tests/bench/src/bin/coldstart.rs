@@ -93,9 +93,24 @@ async fn response(State(api): State<Arc<Api>>, Path(_id): Path<String>, body: By
     StatusCode::ACCEPTED
 }
 
+/// A function error (e.g. a hook refusing a malformed event) is its answer:
+/// the body carries the `errorType` the `--expect` text can name.
+async fn invocation_error(
+    State(api): State<Arc<Api>>,
+    Path(_id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    let _ = api.responses.send((
+        Instant::now(),
+        format!("function error: {}", String::from_utf8_lossy(&body)),
+    ));
+    StatusCode::ACCEPTED
+}
+
+/// A failed init never answers: say so at once instead of waiting out the run.
 async fn init_error(body: Bytes) -> StatusCode {
     eprintln!("init error: {}", String::from_utf8_lossy(&body));
-    StatusCode::ACCEPTED
+    std::process::exit(1);
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -138,6 +153,10 @@ async fn main() {
         .route(
             "/2018-06-01/runtime/invocation/{id}/response",
             post(response),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/error",
+            post(invocation_error),
         )
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .with_state(api.clone());
