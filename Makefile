@@ -69,6 +69,8 @@ deploy-checks: setup ## the template translated offline (aws-sam-translator): ev
 	@echo "==> safe-deploy checks of infra/template.yaml"
 	@$(PYTHON) infra/deploy_checks.py
 	@$(PYTHON) tools/rollback_check.py
+	@echo "==> the CloudWatch dashboard and alarms read metrics the code emits"
+	@$(PYTHON) infra/observability_checks.py
 
 stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
 	@tools/with-dev-stack.sh tools/stack-checks.sh

@@ -527,6 +527,20 @@ SCHEMAS: dict[str, Any] = {
         "result": ref("ChatCompletion"),
         "error": obj({"code": {"type": "string"}, "message": {"type": "string"}}, ["code", "message"]),
     }},
+    # One section of the dashboard: its data, or why it could not be read.
+    "DashboardSection": {"type": "object", "properties": {
+        "data": {},
+        "as_of": {"type": ["string", "null"], "format": "date-time"},
+        "stale_seconds": {"type": ["integer", "null"]},
+        "error": {"type": "string"},
+    }},
+    "Dashboard": {"type": "object", "required": ["generated_at", "view", "sections"], "properties": {
+        "generated_at": {"type": "string", "format": "date-time"},
+        "view": {"type": "object"},
+        "sections": {"type": "object", "required": ["usage"], "properties": {
+            name: ref("DashboardSection")
+            for name in ["slos", "fleet", "queues", "usage", "drift", "alerts"]}},
+    }},
 }
 
 # ------------------------------------------------------------------ paths
@@ -633,6 +647,11 @@ PATHS: dict[str, Any] = {
         "A job's status and, once done, its result", "getJob", "jobs", "jobs",
         ok("200", "The job", ref("Job")), PROTECTED_ERRORS + ("404",),
         parameters=[path_param("id", "job_<32 hex digits>", {"type": "string", "pattern": "^job_[0-9a-f]{32}$"})])},
+    "/v1/dashboard": {"get": operation(
+        "The operator's view: usage and cost (own tenant); with scope platform also every tenant, "
+        "SLOs, fleet, queues, drift and alerts", "getDashboard", "admin", "admin",
+        ok("200", "Every section, each with its data and age or an error", ref("Dashboard")),
+        PROTECTED_ERRORS)},
     "/v1/admin/keys": {
         "post": operation("Create an API key (scopes a subset of the caller's)", "createApiKey", "admin", "admin",
                           ok("201", "The key, with its plaintext shown once", ref("ApiKey")), PROTECTED_ERRORS,

@@ -50,6 +50,7 @@ NOT_LOCAL = {
     "AWS::Lambda::EventSourceMapping": "moto would try to run the function (needs Docker)",
     "AWS::CloudWatch::Alarm": "alarms never fire locally; asserted by cfn-lint and drift checks",
     "AWS::SNS::Topic": "alert delivery is a webhook locally",
+    "AWS::CloudWatch::Dashboard": "a console view of CloudWatch metrics; cfn-lint checks it",
     "AWS::SecretsManager::RotationSchedule": "rotation would invoke a Lambda (needs Docker); tests and `make invoke` drive the steps",
 }
 

@@ -194,7 +194,7 @@ printf '  waiting for the first answer from /health (cargo lambda watch compiles
 wait_for "http://127.0.0.1:$api_port/health" "the API (cargo lambda watch)" 600 "$state_dir/watch.log"
 # Start every API function once (each answers 401/404 without credentials), so the
 # first real request does not wait for its process.
-for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up /v1/memory/warm-up /mcp; do
+for path in /v1/models /v1/auth/token /v1/admin/keys /v1/jobs/warm-up /v1/memory/warm-up /v1/dashboard /mcp; do
   until code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 120 -X POST "http://127.0.0.1:$api_port$path") \
       && [ "$code" -ge 400 ] && [ "$code" -lt 500 ]; do
     kill -0 "$watch_pid" 2>/dev/null || fail "cargo lambda watch exited; see $state_dir/watch.log"

@@ -32,8 +32,8 @@ def main() -> int:
     call(f"{standin}/_standin/reset", b"")
     problems = []
     expected_calls = []
-    for hook, passed in [("deploy-pre-traffic", lambda v: v.get("checks", 0) >= 16 and not v.get("failed")),
-                         ("deploy-post-traffic", lambda v: v.get("steps") == 12 and not v.get("failure"))]:
+    for hook, passed in [("deploy-pre-traffic", lambda v: v.get("checks", 0) >= 17 and not v.get("failed")),
+                         ("deploy-post-traffic", lambda v: v.get("steps") == 13 and not v.get("failure"))]:
         event = (ROOT / f"events/{hook}/hook.json").read_bytes()
         verdict = call(f"{base}/2015-03-31/functions/{hook}/invocations", event, timeout=300)
         if not isinstance(verdict, dict) or verdict.get("status") != "Succeeded" or not passed(verdict):

@@ -2,7 +2,7 @@
 //! traffic, the smoke journey ([`sophia_shared::ops::smoke`]) walks the live
 //! API as a client would: token, models, chat (one piece and streamed),
 //! embeddings, a job to done, a memory stored, recalled (REST and MCP) and
-//! deleted, the token revoked and refused. A failed step fails the hook, and
+//! deleted, the tenant's dashboard, the token revoked and refused. A failed step fails the hook, and
 //! CodeDeploy rolls the deployment back.
 //!
 //! The journey needs an API key: the hook creates one for its own tenant
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sophia_shared::auth::store::AuthStore;
-use sophia_shared::auth::{SCOPE_CHAT, SCOPE_JOBS, SCOPE_MEMORY, SCOPE_TOOLS};
+use sophia_shared::auth::{SCOPE_ADMIN, SCOPE_CHAT, SCOPE_JOBS, SCOPE_MEMORY, SCOPE_TOOLS};
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::ops::deploy_hook::{
     HookError, HookEvent, codedeploy_client, report, report_margin, verdict, work_until,
@@ -30,8 +30,15 @@ use sophia_shared::startup::InitError;
 
 pub const SERVICE: &str = "deploy-post-traffic";
 
-/// What the journey's key may do: exactly what the journey uses.
-const SCOPES: [&str; 4] = [SCOPE_CHAT, SCOPE_JOBS, SCOPE_MEMORY, SCOPE_TOOLS];
+/// What the journey's key may do: exactly what the journey uses (`admin`: its
+/// own tenant's dashboard; the key is revoked when the journey ends).
+const SCOPES: [&str; 5] = [
+    SCOPE_CHAT,
+    SCOPE_JOBS,
+    SCOPE_MEMORY,
+    SCOPE_TOOLS,
+    SCOPE_ADMIN,
+];
 
 pub struct Deps {
     pub codedeploy: aws_sdk_codedeploy::Client,

@@ -77,6 +77,7 @@ pub const CHECKS: &[Check] = &[
     ),
     check!("api-admin", "list-keys.json", UNAUTHORIZED),
     check!("api-jobs", "read-unknown.json", UNAUTHORIZED),
+    check!("api-dashboard", "document.json", UNAUTHORIZED),
     check!("api-memory", "get-unknown.json", UNAUTHORIZED),
     check!("api-mcp", "resource-metadata.json", Expect::Http(200, None)),
     check!(

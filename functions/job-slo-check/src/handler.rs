@@ -29,9 +29,10 @@ use serde::{Deserialize, Serialize};
 use sophia_shared::aws::dynamo::{n, s};
 use sophia_shared::aws::secrets::SecretToken;
 use sophia_shared::clock::now_secs;
-use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::config::Env;
 use sophia_shared::observability::MetricSet;
 use sophia_shared::ops::alerts::Alerter;
+pub use sophia_shared::ops::slo::{Sli, Slo, parse_slos, period_from_env, status_key};
 use sophia_shared::outbound::{OutboundClient, OutboundSettings};
 use sophia_shared::startup::InitError;
 
@@ -57,72 +58,6 @@ impl From<SloError> for Diagnostic {
             error_message: error.to_string(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sli {
-    /// Good = not a 5xx.
-    Availability,
-    /// Good = answered within the function's `SLOW_REQUEST_MS`.
-    Latency,
-}
-
-impl Sli {
-    fn bad_metric(self) -> &'static str {
-        match self {
-            Self::Availability => "Errors",
-            Self::Latency => "SlowRequests",
-        }
-    }
-}
-
-/// One SLO from `SLOS`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Slo {
-    pub name: String,
-    pub service: String,
-    pub route: String,
-    pub sli: Sli,
-    /// e.g. 99.9
-    pub objective_percent: f64,
-}
-
-impl Slo {
-    /// The error budget as a ratio (99.9 % → 0.001).
-    pub fn budget(&self) -> f64 {
-        1.0 - self.objective_percent / 100.0
-    }
-}
-
-/// `SLOS`: a JSON array of [`Slo`].
-pub fn parse_slos(raw: &str) -> Result<Vec<Slo>, ConfigError> {
-    let slos: Vec<Slo> = serde_json::from_str(raw)
-        .map_err(|e| ConfigError::new("SLOS", format!("is not a JSON list of SLOs: {e}")))?;
-    for slo in &slos {
-        let valid_name = !slo.name.is_empty()
-            && slo
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid_name {
-            return Err(ConfigError::new(
-                "SLOS",
-                format!(
-                    "name {:?} must be lowercase letters, digits and '-'",
-                    slo.name
-                ),
-            ));
-        }
-        if !(slo.objective_percent > 0.0 && slo.objective_percent < 100.0) {
-            return Err(ConfigError::new(
-                "SLOS",
-                format!("{}: objective_percent must be between 0 and 100", slo.name),
-            ));
-        }
-    }
-    Ok(slos)
 }
 
 /// One row of the burn-rate table.
@@ -219,10 +154,7 @@ impl Deps {
     /// `SLOS` (JSON), `SLO_PERIOD_DAYS` (30), `STATE_TABLE`, `ALERT_WEBHOOK_SECRET`.
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let slos = parse_slos(&env.required("SLOS")?)?;
-        let days: u64 = env.parse_or("SLO_PERIOD_DAYS", 30)?;
-        if !(1..=90).contains(&days) {
-            return Err(ConfigError::new("SLO_PERIOD_DAYS", "must be 1 to 90").into());
-        }
+        let period = period_from_env(env)?;
         let state_table = env.required("STATE_TABLE")?;
         let webhook = env.optional("ALERT_WEBHOOK_SECRET").map(|id| {
             SecretToken::new(
@@ -233,7 +165,7 @@ impl Deps {
         });
         Ok(Self {
             slos,
-            period: Duration::from_secs(days * 86_400),
+            period,
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             alerts: Alerter::new(
@@ -341,11 +273,12 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SloReport, 
 }
 
 async fn store(deps: &Deps, status: &SloStatus) -> Result<(), String> {
+    let (pk, sk) = status_key(&status.slo.name);
     deps.dynamodb
         .put_item()
         .table_name(&deps.state_table)
-        .item("pk", s(&format!("slo#{}", status.slo.name)))
-        .item("sk", s("status"))
+        .item("pk", s(&pk))
+        .item("sk", s(sk))
         .item(
             "status",
             s(&serde_json::to_string(status).map_err(|e| e.to_string())?),

@@ -5,7 +5,8 @@
 //! - `family#<id>`, `family`: tenant, subject, scopes, current token id and hash,
 //!   revoked, expires_at (TTL);
 //! - `revoked-family`, `<family id>`: marker read by every verifier (cached),
-//!   expires_at = when the family's last access token has expired anyway.
+//!   expires_at = when the family's last access token has expired anyway;
+//! - `tenants`, `<tenant>`: the tenant registry, written with every API key.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use crate::aws::dynamo::{n, query_all, s};
 
 use super::tokens::{Opaque, secret_hash};
 use crate::clock::now_secs;
+
+const TENANTS_PK: &str = "tenants";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -165,14 +168,39 @@ impl AuthStore {
             .item("created_at", n(record.created_at))
             .build()
             .map_err(|e| StoreError::Aws(e.to_string()))?;
+        // The tenant registry (the platform dashboard's list of tenants); a Put,
+        // so a tenant's next key only refreshes it.
+        let tenant_item = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(TENANTS_PK))
+            .item("sk", s(tenant))
+            .item("last_key_at", n(record.created_at))
+            .build()
+            .map_err(|e| StoreError::Aws(e.to_string()))?;
         self.dynamodb
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(key_item).build())
             .transact_items(TransactWriteItem::builder().put(index_item).build())
+            .transact_items(TransactWriteItem::builder().put(tenant_item).build())
             .send()
             .await
             .map_err(aws)?;
         Ok((record, key.render(super::tokens::API_KEY_PREFIX)))
+    }
+
+    /// Every tenant that was ever given an API key (the tenant registry).
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(TENANTS_PK));
+        let items = query_all(query).await.map_err(aws)?;
+        Ok(items
+            .iter()
+            .filter_map(|item| item.get("sk").and_then(|v| v.as_s().ok()).cloned())
+            .collect())
     }
 
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

@@ -39,6 +39,8 @@ pub(crate) fn report_transition(endpoint: &str, transition: Option<Transition>) 
     );
     MetricSet::new(METRICS_NAMESPACE)
         .dimension("Endpoint", endpoint)
+        // By the state entered, so the dashboard can tell the last state seen.
+        .dimension("To", to.as_str())
         .count("BreakerTransitions", 1.0)
         .property("from", from.as_str())
         .property("to", to.as_str())

@@ -7,6 +7,9 @@
 //! back so the next run tries again. Messages are Slack-compatible JSON
 //! (`{"text": …}`) posted to a webhook whose URL lives in Secrets Manager
 //! (`ALERT_WEBHOOK_SECRET`); without a usable URL, alerts are logged only.
+//!
+//! Every message sent is also kept for 30 days in the alert history (`alerts`,
+//! `<changed_at>#<key>`), newest first for the dashboard ([`recent`]).
 
 use std::time::Duration;
 
@@ -16,6 +19,51 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::aws::secrets::SecretToken;
 use crate::clock::now_secs;
 use crate::outbound::OutboundClient;
+
+const HISTORY_PK: &str = "alerts";
+const HISTORY_RETENTION_SECS: u64 = 30 * 86_400;
+
+/// One message of the alert history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AlertEvent {
+    pub key: String,
+    pub firing: bool,
+    pub summary: String,
+    pub source: String,
+    pub changed_at: u64,
+}
+
+/// The `limit` most recent alert messages, newest first.
+pub async fn recent(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    limit: i32,
+) -> Result<Vec<AlertEvent>, String> {
+    let output = dynamodb
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(HISTORY_PK.to_owned()))
+        .scan_index_forward(false)
+        .limit(limit)
+        .send()
+        .await
+        .map_err(aws)?;
+    Ok(output
+        .items()
+        .iter()
+        .filter_map(|item| {
+            let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            Some(AlertEvent {
+                key: text("key")?,
+                firing: *item.get("firing")?.as_bool().ok()?,
+                summary: text("summary").unwrap_or_default(),
+                source: text("source").unwrap_or_default(),
+                changed_at: item.get("changed_at")?.as_n().ok()?.parse().ok()?,
+            })
+        })
+        .collect())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -73,7 +121,34 @@ impl Alerter {
             return Err(error);
         }
         tracing::warn!(alert = key, firing, summary, "alert sent");
+        // The message is out: a history that cannot be written costs the
+        // dashboard one line, not a second message.
+        if let Err(error) = self.remember(key, firing, summary).await {
+            tracing::warn!(alert = key, %error, "alert history not written");
+        }
         Ok(Some(sent))
+    }
+
+    async fn remember(&self, key: &str, firing: bool, summary: &str) -> Result<(), String> {
+        let now = now_secs();
+        self.dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(HISTORY_PK.to_owned()))
+            .item("sk", AttributeValue::S(format!("{now:012}#{key}")))
+            .item("key", AttributeValue::S(key.to_owned()))
+            .item("firing", AttributeValue::Bool(firing))
+            .item("summary", AttributeValue::S(summary.to_owned()))
+            .item("source", AttributeValue::S(self.source.clone()))
+            .item("changed_at", AttributeValue::N(now.to_string()))
+            .item(
+                "expires_at",
+                AttributeValue::N((now + HISTORY_RETENTION_SECS).to_string()),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(aws)
     }
 
     /// Moves the state to `firing`; true only for the caller that changed it.

@@ -4,6 +4,7 @@
 //! - [`audit`]: the append-only, hash-chained audit log and its verification;
 //! - `deploy_hook` (feature `codedeploy`): the CodeDeploy hooks' event and verdict report;
 //! - [`flags`]: typed per-tenant feature flags, cached;
+//! - [`slo`]: the SLO definitions job-slo-check evaluates and the dashboard reads;
 //! - [`smoke`]: the end-to-end smoke journey through the public API (`make
 //!   smoke`, the post-traffic deploy hook).
 
@@ -12,4 +13,5 @@ pub mod audit;
 #[cfg(feature = "codedeploy")]
 pub mod deploy_hook;
 pub mod flags;
+pub mod slo;
 pub mod smoke;

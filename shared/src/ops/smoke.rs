@@ -28,7 +28,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 pub struct Journey {
     /// The API base URL, without `/v1` (e.g. `http://127.0.0.1:9000`).
     pub base: String,
-    /// An API key with the scopes `chat`, `jobs`, `memory` and `tools`.
+    /// An API key with the scopes `chat`, `jobs`, `memory`, `tools` and `admin`.
     pub api_key: String,
     pub chat_model: String,
     pub embedding_model: String,
@@ -62,7 +62,7 @@ impl std::fmt::Display for Failed {
 }
 
 /// The steps, in order (for the report's numbering).
-pub const STEPS: [&str; 12] = [
+pub const STEPS: [&str; 13] = [
     "token",
     "models",
     "chat",
@@ -74,6 +74,7 @@ pub const STEPS: [&str; 12] = [
     "memory recalled",
     "mcp memory_recall",
     "memory deleted",
+    "dashboard",
     "token revoked",
 ];
 
@@ -303,6 +304,39 @@ pub async fn run(
         let gone = w.call("GET", &path, Some(token), None, &[]).await?;
         expect(&gone, 404)?;
         Ok(((), "then 404".to_owned()))
+    })
+    .await?;
+
+    walk.step("dashboard", async move {
+        let answer = w
+            .call("GET", "/v1/dashboard", Some(token), None, &[])
+            .await?;
+        let json = expect(&answer, 200)?;
+        let sections = json["sections"]
+            .as_object()
+            .ok_or_else(|| format!("no sections in {json}"))?;
+        if let Some(error) = sections.get("usage").map(|usage| &usage["error"]) {
+            if !error.is_null() {
+                return Err(format!("the usage section failed: {error}"));
+            }
+        } else {
+            return Err("no usage section".to_owned());
+        }
+        let failed: Vec<&str> = sections
+            .iter()
+            .filter(|(_, section)| !section["error"].is_null())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let detail = if failed.is_empty() {
+            format!("{} sections", sections.len())
+        } else {
+            format!(
+                "{} sections; unreadable: {}",
+                sections.len(),
+                failed.join(", ")
+            )
+        };
+        Ok(((), detail))
     })
     .await?;
 

@@ -31,6 +31,7 @@ fn code_routes() -> Vec<(&'static str, String, &'static str, Option<&'static str
     collect!("api-admin", api_admin::handler::ROUTES);
     collect!("api-chat", api_chat::handler::ROUTES);
     collect!("api-jobs", api_jobs::handler::ROUTES);
+    collect!("api-dashboard", api_dashboard::handler::ROUTES);
     collect!("api-memory", api_memory::handler::ROUTES);
     collect!("api-mcp", api_mcp::handler::ROUTES);
     routes

@@ -318,6 +318,9 @@ async fn every_function_starts_with_only_its_own_template_environment() {
     starts!("api-jobs", |env| api_jobs::handler::Deps::from_env(
         env, &sdk
     ));
+    starts!("api-dashboard", |env| {
+        api_dashboard::handler::Deps::from_env(env, &sdk)
+    });
     starts!("api-memory", |env| api_memory::handler::Deps::from_env(
         env, &sdk
     ));

@@ -27,12 +27,13 @@ struct Args {
 }
 
 /// (function, sample event, text its first answer contains)
-const FUNCTIONS: [(&str, &str, &str); 16] = [
+const FUNCTIONS: [(&str, &str, &str); 17] = [
     ("api-health", "health.json", "\"statusCode\":200"),
     ("api-auth", "token-bad-key.json", "\"statusCode\":401"),
     ("api-admin", "list-keys.json", "\"statusCode\":401"),
     ("api-chat", "models.json", "\"statusCode\":401"),
     ("api-jobs", "read-unknown.json", "\"statusCode\":401"),
+    ("api-dashboard", "document.json", "\"statusCode\":401"),
     ("api-memory", "get-unknown.json", "\"statusCode\":401"),
     ("api-mcp", "resource-metadata.json", "\"statusCode\":200"),
     ("worker-inference", "batch.json", "batchItemFailures"),
@@ -42,8 +43,9 @@ const FUNCTIONS: [(&str, &str, &str); 16] = [
     ("job-slo-check", "scheduled.json", ""),
     ("job-drift-detect", "scheduled.json", ""),
     ("job-secret-rotate", "secret-age-audit.json", ""),
-    ("deploy-pre-traffic", "bad.json", ""),
-    ("deploy-post-traffic", "bad.json", ""),
+    // The hooks refuse a malformed event before any CodeDeploy call.
+    ("deploy-pre-traffic", "bad.json", "NonRetryable.Invalid"),
+    ("deploy-post-traffic", "bad.json", "NonRetryable.Invalid"),
 ];
 
 /// `median` of a `coldstart` summary line, e.g. "process start -> init done".

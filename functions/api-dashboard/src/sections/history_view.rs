@@ -1,0 +1,63 @@
+//! The drift and alerts sections: the last drift report and the alert history.
+
+use serde_json::{Value, json};
+use sophia_shared::aws::dynamo::{error_text, s};
+use sophia_shared::ops::alerts;
+
+use super::{Section, Sources, number};
+
+/// Alert messages read from the history.
+const RECENT_ALERTS: i32 = 50;
+
+/// Drift detection's last report.
+pub async fn drift(src: &Sources) -> Result<Section, String> {
+    let Some(stack) = &src.stack else {
+        return Err("STACK_NAME is not set: no stack to show the drift of".to_owned());
+    };
+    let item = src
+        .dynamodb
+        .get_item()
+        .table_name(&src.state_table)
+        .key("pk", s(&format!("drift#{stack}")))
+        .key("sk", s("latest"))
+        .send()
+        .await
+        .map_err(error_text)?
+        .item;
+    let Some(item) = item else {
+        return Ok(Section {
+            data: json!({ "stack": stack, "never_run": true }),
+            as_of: None,
+        });
+    };
+    let report = item
+        .get("report")
+        .and_then(|v| v.as_s().ok())
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .ok_or("the stored drift report is malformed")?;
+    Ok(Section {
+        data: json!({
+            "stack": stack,
+            "drifted": item.get("drifted").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            "report": report,
+        }),
+        as_of: number(&item, "checked_at").map(|t| t as u64),
+    })
+}
+
+/// The recent alert messages, newest first, and which of their conditions are
+/// firing (the latest message per condition says so).
+pub async fn alerts(src: &Sources) -> Result<Section, String> {
+    let recent = alerts::recent(&src.dynamodb, &src.state_table, RECENT_ALERTS).await?;
+    let mut seen = std::collections::HashSet::new();
+    let firing: Vec<&str> = recent
+        .iter()
+        .filter(|event| seen.insert(event.key.as_str()))
+        .filter(|event| event.firing)
+        .map(|event| event.key.as_str())
+        .collect();
+    Ok(Section {
+        data: json!({ "firing": firing, "recent": recent }),
+        as_of: recent.first().map(|event| event.changed_at),
+    })
+}
