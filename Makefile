@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy rollback deploy-function bench clean
+.PHONY: help setup browser dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy rollback deploy-function bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,8 +72,14 @@ deploy-checks: setup ## the template translated offline (aws-sam-translator): ev
 	@echo "==> the CloudWatch dashboard and alarms read metrics the code emits"
 	@$(PYTHON) infra/observability_checks.py
 
-stack-checks: setup ## checks against a whole dev stack of their own (API fuzzing, ...); started and stopped here
+stack-checks: setup browser ## checks against a whole dev stack of their own (hooks, smoke, the dashboard in Chromium, API fuzzing); started and stopped here
 	@tools/with-dev-stack.sh tools/stack-checks.sh
+
+browser: ## Debian's Chromium for the dashboard's browser test (installed with apt-get when missing; needs root)
+	@command -v chromium >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "the browser test needs Chromium: apt-get install chromium (as root)" >&2; exit 2; }; \
+		echo "==> installing Debian's chromium (apt-get; a minute or two)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 stop-checks: setup ## make dev stopped by TERM/INT to its process group and TERM to make alone leaves no process and no port
 	@tools/stop-checks.sh

@@ -132,6 +132,12 @@ def ok(status: str, description: str, schema: dict[str, Any] | None,
     return {status: response}
 
 
+def text_ok(description: str, media: str, limited: bool) -> dict[str, Any]:
+    """A 200 whose body is text of `media` (the dashboard page and its assets)."""
+    return {"200": {"description": description, "headers": LIMITED_HEADERS if limited else HEADERS,
+                    "content": {media: {"schema": {"type": "string"}}}}}
+
+
 def path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": schema}
@@ -651,6 +657,19 @@ PATHS: dict[str, Any] = {
         "The operator's view: usage and cost (own tenant); with scope platform also every tenant, "
         "SLOs, fleet, queues, drift and alerts", "getDashboard", "admin", "admin",
         ok("200", "Every section, each with its data and age or an error", ref("Dashboard")),
+        PROTECTED_ERRORS)},
+    "/dashboard": {"get": operation(
+        "The dashboard web page: a sign-in form (API key → access token kept in memory) and its script",
+        "getDashboardPage", "admin", None, text_ok("The page", "text/html", False), ("400",))},
+    "/dashboard/app.js": {"get": operation(
+        "The dashboard page's script", "getDashboardScript", "admin", None,
+        text_ok("The script", "text/javascript", False), ("400",))},
+    "/dashboard/app.css": {"get": operation(
+        "The dashboard page's stylesheet", "getDashboardStyles", "admin", None,
+        text_ok("The stylesheet", "text/css", False), ("400",))},
+    "/dashboard/view": {"get": operation(
+        "The dashboard document as the HTML the page shows (same sections and scopes as /v1/dashboard)",
+        "getDashboardView", "admin", "admin", text_ok("The rendered sections", "text/html", True),
         PROTECTED_ERRORS)},
     "/v1/admin/keys": {
         "post": operation("Create an API key (scopes a subset of the caller's)", "createApiKey", "admin", "admin",

@@ -7,5 +7,7 @@ echo "==> the deploy hooks: pre-traffic checks of every function, the post-traff
 .venv/bin/python tools/hook_check.py
 echo "==> the smoke journey"
 make -s smoke BASE="$SOPHIA_BASE"
+echo "==> the dashboard page in Chromium"
+node tools/node/dashboard_check.mjs
 echo "==> API fuzzing (schemathesis)"
 tools/api-fuzz.sh

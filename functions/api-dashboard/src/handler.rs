@@ -1,6 +1,9 @@
 //! | route | scope | what |
 //! |---|---|---|
 //! | `GET /v1/dashboard` | admin | the operator's view in one JSON document |
+//! | `GET /dashboard` | public | the web page: a sign-in form and its script ([`crate::page`]) |
+//! | `GET /dashboard/app.js`, `/dashboard/app.css` | public | the page's only script and stylesheet |
+//! | `GET /dashboard/view` | admin | the same document as HTML, for the page |
 //!
 //! With scope `admin` alone a caller sees its own tenant's usage and cost; with
 //! `platform` too, every tenant's and the operations sections: SLOs, fleet,
@@ -32,6 +35,7 @@ use sophia_shared::ops::slo::{parse_slos, period_from_env};
 use sophia_shared::problem::ApiError;
 use sophia_shared::startup::InitError;
 
+use crate::page;
 use crate::sections::{self, Section, Sources, TenantView, parse_queues};
 
 pub const SERVICE: &str = "api-dashboard";
@@ -39,14 +43,29 @@ pub const SERVICE: &str = "api-dashboard";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DashboardRoute {
     Document,
+    Page,
+    Script,
+    Styles,
+    View,
 }
 
-pub const ROUTES: [Route<DashboardRoute>; 1] = [Route::protected(
-    Method::GET,
-    "/v1/dashboard",
-    DashboardRoute::Document,
-    SCOPE_ADMIN,
-)];
+pub const ROUTES: [Route<DashboardRoute>; 5] = [
+    Route::protected(
+        Method::GET,
+        "/v1/dashboard",
+        DashboardRoute::Document,
+        SCOPE_ADMIN,
+    ),
+    Route::public(Method::GET, "/dashboard", DashboardRoute::Page),
+    Route::public(Method::GET, "/dashboard/app.js", DashboardRoute::Script),
+    Route::public(Method::GET, "/dashboard/app.css", DashboardRoute::Styles),
+    Route::protected(
+        Method::GET,
+        "/dashboard/view",
+        DashboardRoute::View,
+        SCOPE_ADMIN,
+    ),
+];
 
 pub struct Deps {
     pub http: HttpPolicy,
@@ -113,17 +132,36 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<Body> {
 }
 
 async fn route(deps: &Deps, api: ApiRequest<DashboardRoute>) -> Result<Response<Body>, ApiError> {
-    let principal = api.principal()?;
     match api.route {
         DashboardRoute::Document => {
-            let view = if principal.scopes.iter().any(|s| s == SCOPE_PLATFORM) {
-                TenantView::All
-            } else {
-                TenantView::Own(principal.tenant.clone())
-            };
+            let view = viewer(&api)?;
             json_response(StatusCode::OK, &document(deps, &view).await)
         }
+        DashboardRoute::View => {
+            let view = viewer(&api)?;
+            let html = page::render(&document(deps, &view).await)?;
+            page::text_response("text/html; charset=utf-8", html)
+        }
+        DashboardRoute::Page => {
+            page::text_response("text/html; charset=utf-8", page::SHELL.to_owned())
+        }
+        DashboardRoute::Script => {
+            page::text_response("text/javascript; charset=utf-8", page::SCRIPT.to_owned())
+        }
+        DashboardRoute::Styles => {
+            page::text_response("text/css; charset=utf-8", page::STYLES.to_owned())
+        }
     }
+}
+
+/// Every tenant with scope `platform`, else the caller's own.
+fn viewer(api: &ApiRequest<DashboardRoute>) -> Result<TenantView, ApiError> {
+    let principal = api.principal()?;
+    Ok(if principal.scopes.iter().any(|s| s == SCOPE_PLATFORM) {
+        TenantView::All
+    } else {
+        TenantView::Own(principal.tenant.clone())
+    })
 }
 
 /// The whole document for `view`.

@@ -70,11 +70,12 @@ pub(crate) fn finish(
     origin: Option<&str>,
 ) {
     let headers = response.headers_mut();
+    // A handler's own value wins (a web page sets the CSP it needs); every
+    // other answer gets the API's strict defaults.
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        headers
+            .entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
     }
     if let Ok(value) = HeaderValue::from_str(correlation_id) {
         headers.insert(
