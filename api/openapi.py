@@ -545,7 +545,7 @@ SCHEMAS: dict[str, Any] = {
         "view": {"type": "object"},
         "sections": {"type": "object", "required": ["usage"], "properties": {
             name: ref("DashboardSection")
-            for name in ["slos", "fleet", "queues", "usage", "drift", "alerts"]}},
+            for name in ["slos", "fleet", "queues", "usage", "drift", "secrets", "alerts"]}},
     }},
 }
 
@@ -655,7 +655,7 @@ PATHS: dict[str, Any] = {
         parameters=[path_param("id", "job_<32 hex digits>", {"type": "string", "pattern": "^job_[0-9a-f]{32}$"})])},
     "/v1/dashboard": {"get": operation(
         "The operator's view: usage and cost (own tenant); with scope platform also every tenant, "
-        "SLOs, fleet, queues, drift and alerts", "getDashboard", "admin", "admin",
+        "SLOs, fleet, queues, drift, secret ages and alerts", "getDashboard", "admin", "admin",
         ok("200", "Every section, each with its data and age or an error", ref("Dashboard")),
         PROTECTED_ERRORS)},
     "/dashboard": {"get": operation(

@@ -7,7 +7,7 @@
 //!
 //! With scope `admin` alone a caller sees its own tenant's usage and cost; with
 //! `platform` too, every tenant's and the operations sections: SLOs, fleet,
-//! queues, drift and alerts (they describe the platform, not one tenant).
+//! queues, drift, secret ages and alerts (they describe the platform, not one tenant).
 //!
 //! Every section is read concurrently under `DASHBOARD_SECTION_TIMEOUT_MS`; a
 //! section that fails or runs out of time answers `{"error": …}` while the
@@ -107,6 +107,7 @@ impl Deps {
         let sources = Sources {
             sqs: aws_sdk_sqs::Client::new(sdk),
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
             usage_table: env.required("USAGE_TABLE")?,
             auth: AuthStore::new(dynamodb.clone(), env.required("AUTH_TABLE")?),
             health: SharedHealth::new(dynamodb.clone(), state_table.clone(), Duration::ZERO),
@@ -171,12 +172,13 @@ pub async fn document(deps: &Deps, view: &TenantView) -> Value {
     let limit = deps.section_timeout;
     let mut sections = serde_json::Map::new();
     if *view == TenantView::All {
-        let (slos, fleet, queues, usage, drift, alerts) = tokio::join!(
+        let (slos, fleet, queues, usage, drift, secrets, alerts) = tokio::join!(
             bounded(limit, now, sections::slos(src)),
             bounded(limit, now, sections::fleet(src, now)),
             bounded(limit, now, sections::queues(src, now)),
             bounded(limit, now, sections::usage(src, view, now)),
             bounded(limit, now, sections::drift(src)),
+            bounded(limit, now, sections::secrets(src, now)),
             bounded(limit, now, sections::alerts(src)),
         );
         for (name, section) in [
@@ -185,6 +187,7 @@ pub async fn document(deps: &Deps, view: &TenantView) -> Value {
             ("queues", queues),
             ("usage", usage),
             ("drift", drift),
+            ("secrets", secrets),
             ("alerts", alerts),
         ] {
             sections.insert(name.to_owned(), section);
@@ -309,7 +312,7 @@ mod tests {
         let response = handle(&deps, request).await;
         assert_eq!(response.status(), 200);
         let body: Value = serde_json::from_slice(response.body()).unwrap();
-        for name in ["slos", "fleet", "usage", "drift", "alerts"] {
+        for name in ["slos", "fleet", "usage", "drift", "secrets", "alerts"] {
             assert!(
                 body["sections"][name]["error"].is_string(),
                 "{name}: {}",

@@ -65,7 +65,15 @@ enum CardBody {
     Queues(Vec<QueueRow>),
     Usage(UsageView),
     Drift(DriftView),
+    Secrets(Vec<SecretRow>),
     Alerts(AlertsView),
+}
+
+struct SecretRow {
+    secret: String,
+    age: String,
+    policy: String,
+    overdue: bool,
 }
 
 struct SloRow {
@@ -135,6 +143,7 @@ pub fn render(document: &Value) -> Result<String, ApiError> {
         ("queues", "Queues"),
         ("usage", "Usage and cost"),
         ("drift", "Drift"),
+        ("secrets", "Secret ages"),
         ("alerts", "Alerts"),
     ];
     let cards = order
@@ -159,6 +168,17 @@ fn card(id: &str, title: &'static str, section: &Value) -> Card {
         "queues" => CardBody::Queues(rows(&data["queues"]).iter().map(queue_row).collect()),
         "usage" => CardBody::Usage(usage_view(data)),
         "drift" => CardBody::Drift(drift_view(data)),
+        "secrets" => CardBody::Secrets(
+            rows(&data["secrets"])
+                .iter()
+                .map(|s| SecretRow {
+                    secret: text(&s["secret"]),
+                    age: format!("{} days", text(&s["age_days"])),
+                    policy: format!("{} days", text(&s["max_age_days"])),
+                    overdue: s["overdue"] == true,
+                })
+                .collect(),
+        ),
         _ => CardBody::Alerts(alerts_view(data)),
     };
     let freshness = match section["stale_seconds"].as_u64() {
@@ -422,15 +442,19 @@ mod tests {
                         "today": {"requests": 2.0, "cost_usd": 0.5}, "days": [{"requests": 3.0, "cost_usd": 1.0}, {"requests": 2.0, "cost_usd": 0.5}]}],
                     "top_models": [{"model": "small", "requests": 5.0, "cost_usd": 1.5}]}},
                 "drift": {"data": {"stack": "s", "never_run": true}},
+                "secrets": {"data": {"overdue": 1, "secrets": [{"secret": "keys", "age_days": 40, "max_age_days": 30, "overdue": true}]}},
                 "alerts": {"data": {"firing": ["slo#chat#page-fast"], "recent": [{"key": "slo#chat#page-fast", "firing": true, "summary": "burning"}]}},
             }
         });
         let html = render(&document).unwrap();
-        for id in ["slos", "fleet", "queues", "usage", "drift", "alerts"] {
+        for id in [
+            "slos", "fleet", "queues", "usage", "drift", "secrets", "alerts",
+        ] {
             assert!(html.contains(&format!("data-section=\"{id}\"")), "{id}");
         }
         assert!(html.contains("not read within 2000 ms"));
         assert!(html.contains("in 144 h"));
+        assert!(html.contains("overdue"));
         assert!(html.contains("<polyline"));
         assert!(!html.contains("<script>"), "values are escaped");
         assert!(html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"));

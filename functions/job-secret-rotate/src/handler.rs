@@ -21,7 +21,8 @@ use aws_sdk_secretsmanager::Client as Secrets;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sophia_shared::auth::tokens::{KeyRing, TokenPolicy, random_hex};
-use sophia_shared::aws::secrets::{SecretToken, token_from_secret};
+pub use sophia_shared::aws::secrets::MAX_AGE_TAG;
+use sophia_shared::aws::secrets::{SecretToken, ages, token_from_secret};
 use sophia_shared::config::Env;
 use sophia_shared::fleet::settings::{Endpoint, parse_endpoints};
 use sophia_shared::ops::alerts::{Alerter, Sent};
@@ -155,60 +156,32 @@ pub async fn handle_invocation(
     }
 }
 
-/// Tag holding a secret's maximum age in days (policy: API keys and tokens 30,
-/// database credentials 90, certificates 365).
-pub const MAX_AGE_TAG: &str = "sophia:max-age-days";
-
-/// Every secret with a [`MAX_AGE_TAG`]: its age since the last rotation (or
-/// creation) against the policy; overdue ones fire an alert, repaired ones resolve it.
+/// Every secret with a [`MAX_AGE_TAG`] ([`ages`]): its age since the last
+/// rotation (or creation) against the policy; overdue ones fire an alert,
+/// repaired ones resolve it.
 async fn audit_ages(deps: &Deps) -> Result<serde_json::Value, RotationError> {
     let now = sophia_shared::clock::now_secs() as i64;
     let mut report = Vec::new();
-    let mut token = None;
-    loop {
-        let page = deps
-            .secrets
-            .list_secrets()
-            .set_next_token(token)
-            .send()
+    for age in ages(&deps.secrets, now)
+        .await
+        .map_err(RotationError::Secrets)?
+    {
+        let summary = format!(
+            "secret {} is {} days old; policy allows {}",
+            age.secret, age.age_days, age.max_age_days
+        );
+        let sent = deps
+            .alerts
+            .update(&format!("secret-age#{}", age.secret), age.overdue, &summary)
             .await
-            .map_err(secrets_error)?;
-        for secret in page.secret_list() {
-            let Some(max_days) = secret
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(MAX_AGE_TAG))
-                .and_then(|t| t.value())
-                .and_then(|v| v.parse::<i64>().ok())
-            else {
-                continue;
-            };
-            let name = secret.name().unwrap_or_default();
-            let since = secret
-                .last_rotated_date()
-                .or(secret.created_date())
-                .map(|d| d.secs())
-                .unwrap_or(now);
-            let age_days = (now - since).max(0) / 86_400;
-            let overdue = age_days >= max_days;
-            let summary = format!("secret {name} is {age_days} days old; policy allows {max_days}");
-            let sent = deps
-                .alerts
-                .update(&format!("secret-age#{name}"), overdue, &summary)
-                .await
-                .map_err(RotationError::Secrets)?;
-            report.push(serde_json::json!({
-                "secret": name,
-                "age_days": age_days,
-                "max_age_days": max_days,
-                "overdue": overdue,
-                "alert": sent.map(|s| if s == Sent::Fired { "fired" } else { "resolved" }),
-            }));
-        }
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
+            .map_err(RotationError::Secrets)?;
+        report.push(serde_json::json!({
+            "secret": age.secret,
+            "age_days": age.age_days,
+            "max_age_days": age.max_age_days,
+            "overdue": age.overdue,
+            "alert": sent.map(|s| if s == Sent::Fired { "fired" } else { "resolved" }),
+        }));
     }
     Ok(serde_json::json!({ "secrets": report }))
 }

@@ -95,3 +95,62 @@ mod tests {
         assert_eq!(token_from_secret("  "), None);
     }
 }
+
+/// Tag holding a secret's maximum age in days (policy: API keys and tokens 30,
+/// database credentials 90, certificates 365).
+pub const MAX_AGE_TAG: &str = "sophia:max-age-days";
+
+/// A secret with an age policy, as the audit and the dashboard see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SecretAge {
+    pub secret: String,
+    /// Whole days since the last rotation, or since creation.
+    pub age_days: i64,
+    pub max_age_days: i64,
+    pub overdue: bool,
+}
+
+/// Every secret tagged with [`MAX_AGE_TAG`], against its policy at `now`
+/// (Unix seconds); read by job-secret-rotate's daily audit and by the dashboard.
+pub async fn ages(
+    client: &aws_sdk_secretsmanager::Client,
+    now: i64,
+) -> Result<Vec<SecretAge>, String> {
+    let mut ages = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_secrets()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+        for secret in page.secret_list() {
+            let Some(max_age_days) = secret
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(MAX_AGE_TAG))
+                .and_then(|t| t.value())
+                .and_then(|v| v.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let since = secret
+                .last_rotated_date()
+                .or(secret.created_date())
+                .map(|d| d.secs())
+                .unwrap_or(now);
+            let age_days = (now - since).max(0) / 86_400;
+            ages.push(SecretAge {
+                secret: secret.name().unwrap_or_default().to_owned(),
+                age_days,
+                max_age_days,
+                overdue: age_days >= max_age_days,
+            });
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return Ok(ages);
+        }
+    }
+}

@@ -157,7 +157,9 @@ async fn every_section_shows_what_the_writers_stored() {
     let (status, body) = get(&deps, Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     let sections = &body["sections"];
-    for name in ["slos", "fleet", "queues", "usage", "drift", "alerts"] {
+    for name in [
+        "slos", "fleet", "queues", "usage", "drift", "secrets", "alerts",
+    ] {
         assert!(
             sections[name]["error"].is_null(),
             "{name}: {}",
@@ -208,6 +210,18 @@ async fn every_section_shows_what_the_writers_stored() {
     assert_eq!(usage["top_models"][0]["model"], "sophia-large");
 
     assert_eq!(sections["drift"]["data"]["never_run"], true);
+    // The stack's secrets carry their age policy (template tags); all fresh.
+    let secrets = sections["secrets"]["data"]["secrets"].as_array().unwrap();
+    let keys = secrets
+        .iter()
+        .find(|s| {
+            stack
+                .env("SIGNING_KEYS_SECRET")
+                .contains(s["secret"].as_str().unwrap())
+        })
+        .unwrap_or_else(|| panic!("the signing keys are listed: {secrets:?}"));
+    assert_eq!(keys["max_age_days"], 30);
+    assert_eq!(keys["overdue"], false);
     let alerts = &sections["alerts"]["data"];
     let firing: Vec<&str> = alerts["firing"]
         .as_array()
@@ -264,7 +278,7 @@ async fn a_broken_section_does_not_break_the_others() {
         "{}",
         sections["usage"]
     );
-    for name in ["slos", "fleet", "queues", "drift", "alerts"] {
+    for name in ["slos", "fleet", "queues", "drift", "secrets", "alerts"] {
         assert!(
             sections[name]["error"].is_null(),
             "{name}: {}",

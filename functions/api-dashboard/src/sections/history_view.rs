@@ -1,4 +1,5 @@
-//! The drift and alerts sections: the last drift report and the alert history.
+//! The drift, secrets and alerts sections: the last drift report, secret ages
+//! against their policy, and the alert history.
 
 use serde_json::{Value, json};
 use sophia_shared::aws::dynamo::{error_text, s};
@@ -59,5 +60,21 @@ pub async fn alerts(src: &Sources) -> Result<Section, String> {
     Ok(Section {
         data: json!({ "firing": firing, "recent": recent }),
         as_of: recent.first().map(|event| event.changed_at),
+    })
+}
+
+/// Every secret with an age policy, overdue ones and those nearest their limit first.
+pub async fn secrets(src: &Sources, now: u64) -> Result<Section, String> {
+    let mut ages = sophia_shared::aws::secrets::ages(&src.secrets, now as i64).await?;
+    let used = |age: &sophia_shared::aws::secrets::SecretAge| {
+        age.age_days as f64 / age.max_age_days.max(1) as f64
+    };
+    ages.sort_by(|a, b| used(b).total_cmp(&used(a)));
+    Ok(Section {
+        data: json!({
+            "overdue": ages.iter().filter(|a| a.overdue).count(),
+            "secrets": ages,
+        }),
+        as_of: None,
     })
 }

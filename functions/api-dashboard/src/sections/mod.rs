@@ -27,7 +27,7 @@ mod slo_view;
 mod usage_view;
 
 pub use fleet_view::fleet;
-pub use history_view::{alerts, drift};
+pub use history_view::{alerts, drift, secrets};
 pub use queue_view::queues;
 pub use slo_view::{slo_entry, slos, window_label};
 pub use usage_view::{TenantView, USAGE_DAYS, UsageRow, overview, summarize, usage};
@@ -83,6 +83,7 @@ pub struct Sources {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
     pub state_table: String,
     pub usage_table: String,
     pub auth: AuthStore,
