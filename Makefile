@@ -79,7 +79,7 @@ browser: ## Debian's Chromium for the dashboard's browser test (installed with a
 	@command -v chromium >/dev/null || { \
 		[ "$$(id -u)" = 0 ] || { echo "the browser test needs Chromium: apt-get install chromium (as root)" >&2; exit 2; }; \
 		echo "==> installing Debian's chromium (apt-get; a minute or two)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 stop-checks: setup ## make dev stopped by TERM/INT to its process group and TERM to make alone leaves no process and no port
 	@tools/stop-checks.sh
