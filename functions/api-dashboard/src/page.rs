@@ -214,6 +214,21 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// A count stored as a JSON number (DynamoDB numbers arrive as floats).
+fn count(value: &Value) -> String {
+    format!("{:.0}", value.as_f64().unwrap_or(0.0))
+}
+
+/// Dollars to the cent, or to the hundredth of a cent below one cent.
+fn dollars(value: &Value) -> String {
+    let usd = value.as_f64().unwrap_or(0.0);
+    if usd > 0.0 && usd < 0.01 {
+        format!("${usd:.4}")
+    } else {
+        format!("${usd:.2}")
+    }
+}
+
 fn percent(ratio: f64) -> String {
     format!("{:.1} %", ratio * 100.0)
 }
@@ -265,7 +280,7 @@ fn fleet_row(endpoint: &Value) -> FleetRow {
         endpoint: text(&endpoint["endpoint"]),
         status: text(&endpoint["status"]),
         failures: match endpoint["failure_rate_15m"].as_f64() {
-            Some(rate) => format!("{} of {}", percent(rate), text(&endpoint["attempts_15m"])),
+            Some(rate) => format!("{} of {}", percent(rate), count(&endpoint["attempts_15m"])),
             None => "no attempts".to_owned(),
         },
         breaker: endpoint["breaker"]["state"]
@@ -326,12 +341,12 @@ fn usage_view(usage: &Value) -> UsageView {
             TenantRow {
                 tenant: text(&tenant["tenant"]),
                 today: format!(
-                    "{} requests · ${:.2}",
-                    tenant["today"]["requests"].as_f64().unwrap_or(0.0),
-                    tenant["today"]["cost_usd"].as_f64().unwrap_or(0.0)
+                    "{} requests · {}",
+                    count(&tenant["today"]["requests"]),
+                    dollars(&tenant["today"]["cost_usd"])
                 ),
-                requests: format!("{}", tenant["requests"].as_f64().unwrap_or(0.0)),
-                cost: format!("${:.2}", tenant["cost_usd"].as_f64().unwrap_or(0.0)),
+                requests: count(&tenant["requests"]),
+                cost: dollars(&tenant["cost_usd"]),
                 request_points: sparkline(&series("requests")),
                 cost_points: sparkline(&series("cost_usd")),
             }
@@ -348,8 +363,8 @@ fn usage_view(usage: &Value) -> UsageView {
             .map(|m| {
                 (
                     text(&m["model"]),
-                    text(&m["requests"]),
-                    format!("${:.2}", m["cost_usd"].as_f64().unwrap_or(0.0)),
+                    count(&m["requests"]),
+                    dollars(&m["cost_usd"]),
                 )
             })
             .collect(),

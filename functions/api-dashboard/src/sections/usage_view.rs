@@ -100,8 +100,9 @@ fn usage_row(item: &HashMap<String, AttributeValue>) -> Option<UsageRow> {
     })
 }
 
+/// Micro-USD as USD to the micro-dollar (a chat answer costs fractions of a cent).
 fn usd(micro: f64) -> f64 {
-    (micro / 1e4).round() / 100.0
+    micro.round() / 1e6
 }
 
 /// One tenant's today by model, its days (zeros included) and its totals.
@@ -173,7 +174,7 @@ pub fn overview(tenants: Vec<Value>, days: &[String], tenants_total: usize) -> V
     top_tenants.truncate(5);
     let mut top_models: Vec<Value> = models
         .into_iter()
-        .map(|(model, (r, c))| json!({ "model": model, "requests": r, "cost_usd": (c * 100.0).round() / 100.0 }))
+        .map(|(model, (r, c))| json!({ "model": model, "requests": r, "cost_usd": (c * 1e6).round() / 1e6 }))
         .collect();
     top_models.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
     top_models.truncate(5);
