@@ -80,22 +80,6 @@ pub fn token_from_secret(raw: &str) -> Option<String> {
     (!raw.is_empty()).then(|| raw.to_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_forms() {
-        assert_eq!(token_from_secret("abc").as_deref(), Some("abc"));
-        assert_eq!(
-            token_from_secret(r#"{"token":"t1"}"#).as_deref(),
-            Some("t1")
-        );
-        assert_eq!(token_from_secret(r#"{"other":"x"}"#), None);
-        assert_eq!(token_from_secret("  "), None);
-    }
-}
-
 /// Tag holding a secret's maximum age in days (policy: API keys and tokens 30,
 /// database credentials 90, certificates 365).
 pub const MAX_AGE_TAG: &str = "sophia:max-age-days";
@@ -124,7 +108,7 @@ pub async fn ages(
             .set_next_token(token)
             .send()
             .await
-            .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+            .map_err(super::error_text)?;
         for secret in page.secret_list() {
             let Some(max_age_days) = secret
                 .tags()
@@ -152,5 +136,21 @@ pub async fn ages(
         if token.is_none() {
             return Ok(ages);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_forms() {
+        assert_eq!(token_from_secret("abc").as_deref(), Some("abc"));
+        assert_eq!(
+            token_from_secret(r#"{"token":"t1"}"#).as_deref(),
+            Some("t1")
+        );
+        assert_eq!(token_from_secret(r#"{"other":"x"}"#), None);
+        assert_eq!(token_from_secret("  "), None);
     }
 }
