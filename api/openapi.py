@@ -79,7 +79,8 @@ PROBLEMS = {
     "415": "The body must be `application/json`.",
     "409": "The request conflicts with the caller's state (a limit reached, another memory with this text).",
     "422": "The `Idempotency-Key` was used before with another body.",
-    "429": "Rate limited or the daily quota is used up; `Retry-After` says when to retry.",
+    "429": "Rate limited, the daily quota is used up, or the tenant's budget is spent (`budget-exceeded`, "
+           "naming the reset time); `Retry-After` says when to retry.",
     "502": "The model server failed in a way retrying will not fix.",
     "503": "A dependency is unavailable or the fleet is at capacity; `Retry-After` says when to retry.",
     "504": "The request could not be completed before its deadline.",
@@ -385,6 +386,29 @@ SCHEMAS: dict[str, Any] = {
         "requests_per_day": {"type": "integer", "minimum": 0, "maximum": 100000000},
         "tokens_per_day": {"type": "integer", "minimum": 0, "maximum": 1000000000000},
     }, ["requests_per_day", "tokens_per_day"]),
+    "Budget": obj({
+        "monthly_usd": {"type": "number", "exclusiveMinimum": 0, "maximum": 100000000,
+                        "description": "USD per UTC calendar month"},
+        "daily_usd": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 100000000,
+                      "description": "USD per UTC day (optional)"},
+        "alert_thresholds_percent": {
+            "type": "array", "maxItems": 10, "items": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "description": "Percentages of each period's budget that alert once per period (default 50, 80, 100)"},
+        "hard_limit": {"type": "boolean", "description": "At 100 %: inference answers 429 until the period "
+                                                         "ends (default true)"},
+    }, ["monthly_usd"]),
+    "BudgetStatus": obj({
+        "tenant": {"type": "string"},
+        "budget": ref("Budget"),
+        "periods": {"type": "array", "items": obj({
+            "period": {"enum": ["monthly", "daily"]}, "id": {"type": "string"},
+            "budget_usd": {"type": "number"}, "spent_usd": {"type": "number"}, "percent": {"type": "number"},
+            "crossed_percent": {"type": "array", "items": {"type": "integer"}},
+            "resets_at": {"type": "string", "format": "date-time"},
+        }, ["period", "id", "budget_usd", "spent_usd", "percent", "crossed_percent", "resets_at"])},
+        "blocked_until": {"type": ["string", "null"], "format": "date-time",
+                          "description": "Inference is refused until then"},
+    }, ["tenant", "budget", "periods", "blocked_until"]),
     "FlagValue": {"type": ["boolean", "number", "string"]},
     "NewFlag": obj({"value": ref("FlagValue")}, ["value"]),
     "Flag": obj({"name": {"type": "string"}, "value": ref("FlagValue")}, ["name", "value"]),
@@ -545,7 +569,7 @@ SCHEMAS: dict[str, Any] = {
         "view": {"type": "object"},
         "sections": {"type": "object", "required": ["usage"], "properties": {
             name: ref("DashboardSection")
-            for name in ["slos", "fleet", "queues", "usage", "drift", "secrets", "alerts"]}},
+            for name in ["slos", "fleet", "queues", "usage", "budgets", "jobs", "drift", "secrets", "alerts"]}},
     }},
 }
 
@@ -654,7 +678,7 @@ PATHS: dict[str, Any] = {
         ok("200", "The job", ref("Job")), PROTECTED_ERRORS + ("404",),
         parameters=[path_param("id", "job_<32 hex digits>", {"type": "string", "pattern": "^job_[0-9a-f]{32}$"})])},
     "/v1/dashboard": {"get": operation(
-        "The operator's view: usage and cost (own tenant); with scope platform also every tenant, "
+        "The operator's view: usage, cost, budget and job counts (own tenant); with scope platform also every tenant, "
         "SLOs, fleet, queues, drift, secret ages and alerts", "getDashboard", "admin", "admin",
         ok("200", "Every section, each with its data and age or an error", ref("Dashboard")),
         PROTECTED_ERRORS)},
@@ -689,6 +713,22 @@ PATHS: dict[str, Any] = {
         ok("200", "The quota now", ref("Quota")), PROTECTED_ERRORS, body=ref("Quota"),
         parameters=[path_param("tenant", "1 to 64 letters, digits, - or _",
                                {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})])},
+    "/v1/admin/budget": {"get": operation(
+        "The tenant's cost budget and its spend per period", "getBudget", "admin", "admin",
+        ok("200", "The budget and its status", ref("BudgetStatus")), PROTECTED_ERRORS + ("404",))},
+    "/v1/admin/tenants/{tenant}/budget": {
+        "put": operation(
+            "Set a tenant's cost budget (platform; applied at once, audited)", "setBudget", "admin", "platform",
+            ok("200", "The budget and its status now", ref("BudgetStatus")), PROTECTED_ERRORS, body=ref("Budget"),
+            parameters=[path_param("tenant", "1 to 64 letters, digits, - or _",
+                                   {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})]),
+        "delete": operation(
+            "Remove a tenant's cost budget and any block it made (platform; audited)", "deleteBudget", "admin",
+            "platform", {"204": {"description": "Removed", "headers": LIMITED_HEADERS}},
+            PROTECTED_ERRORS + ("404",),
+            parameters=[path_param("tenant", "1 to 64 letters, digits, - or _",
+                                   {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})]),
+    },
     "/v1/admin/flags": {"get": operation("The tenant's feature flags", "listFlags", "admin", "admin",
                                          ok("200", "Flags by name", ref("Flags")), PROTECTED_ERRORS)},
     "/v1/admin/flags/{name}": {"put": operation(

@@ -51,6 +51,14 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u32 },
     #[error("the tenant's daily quota is used up; it resets at 00:00 UTC")]
     QuotaExceeded { retry_after_secs: u32 },
+    /// The tenant's hard budget limit (`period`: `monthly` or `daily`) is
+    /// reached; inference resumes when the period ends (`resets_at`, RFC 3339).
+    #[error("the tenant's {period} budget is spent; inference resumes at {resets_at}")]
+    BudgetExceeded {
+        period: &'static str,
+        resets_at: String,
+        retry_after_secs: u32,
+    },
     #[error("{dependency} is unavailable")]
     DependencyUnavailable {
         dependency: &'static str,
@@ -102,7 +110,9 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::OriginNotAllowed { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::BudgetExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::DependencyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,7 +133,8 @@ impl ApiError {
             | Self::DeadlineExceeded
             | Self::NotReady { .. }
             | Self::RateLimited { .. }
-            | Self::QuotaExceeded { .. } => true,
+            | Self::QuotaExceeded { .. }
+            | Self::BudgetExceeded { .. } => true,
             Self::MalformedJson { .. }
             | Self::TooDeep { .. }
             | Self::InvalidRequest { .. }
@@ -163,6 +174,7 @@ impl ApiError {
             Self::Forbidden { .. } => "insufficient-scope",
             Self::RateLimited { .. } => "rate-limited",
             Self::QuotaExceeded { .. } => "quota-exceeded",
+            Self::BudgetExceeded { .. } => "budget-exceeded",
             Self::DependencyUnavailable { .. } => "dependency-unavailable",
             Self::DeadlineExceeded => "deadline-exceeded",
             Self::NotReady { .. } => "not-ready",
@@ -189,6 +201,7 @@ impl ApiError {
             Self::Forbidden { .. } => "Forbidden",
             Self::RateLimited { .. } => "Too many requests",
             Self::QuotaExceeded { .. } => "Quota exceeded",
+            Self::BudgetExceeded { .. } => "Budget exceeded",
             Self::DependencyUnavailable { .. } => "Service unavailable",
             Self::DeadlineExceeded => "Deadline exceeded",
             Self::NotReady { .. } => "Not ready",
@@ -217,9 +230,11 @@ impl ApiError {
             } => Some(*retry_after_secs),
             Self::DeadlineExceeded => Some(1),
             Self::NotReady { .. } => Some(5),
-            Self::RateLimited { retry_after_secs } | Self::QuotaExceeded { retry_after_secs } => {
-                Some(*retry_after_secs)
-            }
+            Self::RateLimited { retry_after_secs }
+            | Self::QuotaExceeded { retry_after_secs }
+            | Self::BudgetExceeded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -356,6 +371,11 @@ mod tests {
                 retry_after_secs: 3,
             },
             ApiError::QuotaExceeded {
+                retry_after_secs: 3,
+            },
+            ApiError::BudgetExceeded {
+                period: "monthly",
+                resets_at: "2027-01-01T00:00:00Z".into(),
                 retry_after_secs: 3,
             },
             ApiError::DependencyUnavailable {

@@ -12,7 +12,7 @@ const base = process.env.SOPHIA_BASE ?? 'http://127.0.0.1:9000';
 const stateDir = process.env.SOPHIA_STATE_DIR ?? '.local';
 const out = process.env.DASHBOARD_SCREENSHOT_DIR ?? 'target';
 const apiKey = readFileSync(`${stateDir}/dev-api-key`, 'utf8').trim();
-const SECTIONS = ['slos', 'fleet', 'queues', 'usage', 'drift', 'secrets', 'alerts'];
+const SECTIONS = ['slos', 'fleet', 'queues', 'usage', 'budgets', 'jobs', 'drift', 'secrets', 'alerts'];
 const problems = [];
 
 mkdirSync(out, { recursive: true });

@@ -7,6 +7,9 @@
 //! | `DELETE /v1/admin/keys/{id}` | admin | revoke a key (404 for another tenant's key) |
 //! | `GET /v1/admin/quota` | admin | the tenant's daily quota |
 //! | `PUT /v1/admin/tenants/{tenant}/quota` | platform | set any tenant's quota |
+//! | `GET /v1/admin/budget` | admin | the tenant's cost budget and its spend per period |
+//! | `PUT /v1/admin/tenants/{tenant}/budget` | platform | set any tenant's budget (applied at once) |
+//! | `DELETE /v1/admin/tenants/{tenant}/budget` | platform | remove it (and any block it made) |
 //! | `GET /v1/admin/flags` | admin | the tenant's feature flags |
 //! | `PUT /v1/admin/flags/{name}` | admin | set a flag (`{"value": true | 1.5 | "text"}`) |
 //! | `GET /v1/admin/audit` | admin | the tenant's audit log |
@@ -29,12 +32,14 @@ use serde::Deserialize;
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::auth::{ALL_SCOPES, Authenticator, Principal, SCOPE_ADMIN, SCOPE_PLATFORM};
 use sophia_shared::aws::deadletter::DeadLetterQueue;
+use sophia_shared::clock::now_secs;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::guard::quota::{Quota, Quotas};
 use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
+use sophia_shared::inference::budget::{Budget, Budgets};
 use sophia_shared::mcp::McpSettings;
 use sophia_shared::mcp::registry::{Registration, Registry};
 use sophia_shared::ops::audit::{AuditLog, Event};
@@ -50,6 +55,9 @@ pub enum AdminRoute {
     RevokeKey,
     OwnQuota,
     SetQuota,
+    OwnBudget,
+    SetBudget,
+    DeleteBudget,
     ListFlags,
     SetFlag,
     ReadAudit,
@@ -62,7 +70,7 @@ pub enum AdminRoute {
     DeleteMcpServer,
 }
 
-pub const ROUTES: [Route<AdminRoute>; 15] = [
+pub const ROUTES: [Route<AdminRoute>; 18] = [
     Route::protected(
         Method::POST,
         "/v1/admin/keys",
@@ -91,6 +99,24 @@ pub const ROUTES: [Route<AdminRoute>; 15] = [
         Method::PUT,
         "/v1/admin/tenants/{tenant}/quota",
         AdminRoute::SetQuota,
+        SCOPE_PLATFORM,
+    ),
+    Route::protected(
+        Method::GET,
+        "/v1/admin/budget",
+        AdminRoute::OwnBudget,
+        SCOPE_ADMIN,
+    ),
+    Route::protected(
+        Method::PUT,
+        "/v1/admin/tenants/{tenant}/budget",
+        AdminRoute::SetBudget,
+        SCOPE_PLATFORM,
+    ),
+    Route::protected(
+        Method::DELETE,
+        "/v1/admin/tenants/{tenant}/budget",
+        AdminRoute::DeleteBudget,
         SCOPE_PLATFORM,
     ),
     Route::protected(
@@ -158,7 +184,9 @@ pub const ROUTES: [Route<AdminRoute>; 15] = [
 pub struct Deps {
     pub http: HttpPolicy,
     pub store: AuthStore,
-    pub quotas: Quotas,
+    pub quotas: Arc<Quotas>,
+    /// Cost budgets; setting one applies its block (or lifts it) at once.
+    pub budgets: Budgets,
     pub flags: Flags,
     pub audit: AuditLog,
     /// Dead-letter queues by name (`jobs`).
@@ -184,6 +212,7 @@ impl Deps {
     ) -> Result<Self, ConfigError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let auth_table = env.required("AUTH_TABLE")?;
+        let quotas = Arc::new(Quotas::from_env(env, dynamodb.clone())?);
         Ok(Self {
             http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb.clone())?,
             store: AuthStore::new(dynamodb.clone(), auth_table.clone()),
@@ -193,7 +222,13 @@ impl Deps {
                 auth_table.clone(),
                 McpSettings::from_env(env)?,
             ),
-            quotas: Quotas::from_env(env, dynamodb.clone())?,
+            budgets: Budgets::new(
+                dynamodb.clone(),
+                auth_table.clone(),
+                env.required("USAGE_TABLE")?,
+                quotas.clone(),
+            ),
+            quotas,
             flags: Flags::new(dynamodb.clone(), auth_table, Duration::from_secs(5)),
             audit: AuditLog::new(dynamodb, env.required("AUDIT_TABLE")?),
             dead_letters: vec![
@@ -290,6 +325,21 @@ fn queues(error: impl std::fmt::Display) -> ApiError {
         dependency: "queue service",
         retry_after_secs: 2,
     }
+}
+
+/// The `{tenant}` a platform route names.
+fn target_tenant(api: &ApiRequest<AdminRoute>) -> Result<String, ApiError> {
+    let target = api.param("tenant").unwrap_or_default();
+    let valid = (1..=64).contains(&target.len())
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if !valid {
+        return Err(ApiError::invalid(
+            "tenant names have 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(target.to_owned())
 }
 
 fn actor(principal: &Principal) -> String {
@@ -411,16 +461,7 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
             json_response(StatusCode::OK, &quota)
         }
         AdminRoute::SetQuota => {
-            let target = api.param("tenant").unwrap_or_default().to_owned();
-            let valid_tenant = (1..=64).contains(&target.len())
-                && target
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-            if !valid_tenant {
-                return Err(ApiError::invalid(
-                    "tenant names have 1 to 64 letters, digits, '-' or '_'",
-                ));
-            }
+            let target = target_tenant(&api)?;
             let quota: Quota = api.json()?;
             if quota.requests_per_day > 100_000_000 || quota.tokens_per_day > 1_000_000_000_000 {
                 return Err(ApiError::invalid("quota out of range"));
@@ -438,6 +479,52 @@ async fn route(deps: &Deps, api: ApiRequest<AdminRoute>) -> Result<Response<Body
             )
             .await?;
             json_response(StatusCode::OK, &quota)
+        }
+        AdminRoute::OwnBudget => {
+            let budget = deps.budgets.get(tenant).await.map_err(storage)?;
+            let budget = budget.ok_or(ApiError::NotFound { what: "budget" })?;
+            let status = deps
+                .budgets
+                .status(tenant, &budget, now_secs())
+                .await
+                .map_err(storage)?;
+            json_response(StatusCode::OK, &status)
+        }
+        AdminRoute::SetBudget | AdminRoute::DeleteBudget => {
+            let target = target_tenant(&api)?;
+            let budget: Option<Budget> = match api.route {
+                AdminRoute::SetBudget => Some(api.json::<Budget>()?.normalized()),
+                _ => None,
+            };
+            if let Some(problem) = budget.as_ref().and_then(Budget::problem) {
+                return Err(ApiError::invalid(problem));
+            }
+            let before = deps.budgets.get(&target).await.map_err(storage)?;
+            if budget.is_none() && before.is_none() {
+                return Err(ApiError::NotFound { what: "budget" });
+            }
+            let status = deps
+                .budgets
+                .set(&target, budget.as_ref(), now_secs())
+                .await
+                .map_err(storage)?;
+            let details = serde_json::json!({ "before": before, "after": budget });
+            record(
+                deps,
+                &api,
+                &target,
+                "budget.changed",
+                &format!("tenant:{target}"),
+                details,
+            )
+            .await?;
+            match status {
+                Some(status) => json_response(StatusCode::OK, &status),
+                None => Ok(Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Body::Empty)
+                    .map_err(|e| ApiError::internal(e.to_string()))?),
+            }
         }
         AdminRoute::ListFlags => {
             let flags = deps.flags.all(tenant).await.map_err(storage)?;

@@ -5,8 +5,8 @@
 //! | `GET /dashboard/app.js`, `/dashboard/app.css` | public | the page's only script and stylesheet |
 //! | `GET /dashboard/view` | admin | the same document as HTML, for the page |
 //!
-//! With scope `admin` alone a caller sees its own tenant's usage and cost; with
-//! `platform` too, every tenant's and the operations sections: SLOs, fleet,
+//! With scope `admin` alone a caller sees its own tenant's usage, cost, budget
+//! and job counts; with `platform` too, every tenant's and the operations sections: SLOs, fleet,
 //! queues, drift, secret ages and alerts (they describe the platform, not one tenant).
 //!
 //! Every section is read concurrently under `DASHBOARD_SECTION_TIMEOUT_MS`; a
@@ -23,14 +23,17 @@ use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::auth::{Authenticator, SCOPE_ADMIN, SCOPE_PLATFORM};
-use sophia_shared::clock::now_secs;
+use sophia_shared::clock::{now_secs, rfc3339};
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::health::SharedHealth;
 use sophia_shared::fleet::settings::parse_endpoints;
+use sophia_shared::guard::quota::Quotas;
 use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
 use sophia_shared::http::serve;
+use sophia_shared::inference::budget::Budgets;
+use sophia_shared::jobs::store::JobStore;
 use sophia_shared::ops::slo::{parse_slos, period_from_env};
 use sophia_shared::problem::ApiError;
 use sophia_shared::startup::InitError;
@@ -74,7 +77,8 @@ pub struct Deps {
 }
 
 impl Deps {
-    /// `STATE_TABLE`, `USAGE_TABLE`, `AUTH_TABLE`, `SIGNING_KEYS_SECRET`,
+    /// `STATE_TABLE`, `USAGE_TABLE`, `AUTH_TABLE`, `JOBS_TABLE` (and
+    /// `JOBS_QUEUE_URL`, `JOB_RETENTION_DAYS`), `SIGNING_KEYS_SECRET`,
     /// `SLOS`, `SLO_PERIOD_DAYS`, `FLEET_ENDPOINTS`, `DASHBOARD_QUEUES`,
     /// `STACK_NAME`, `DASHBOARD_SECTION_TIMEOUT_MS` (2000),
     /// `DASHBOARD_MAX_TENANTS` (100).
@@ -104,12 +108,22 @@ impl Deps {
             .into_iter()
             .map(|endpoint| endpoint.name)
             .collect();
+        let usage_table = env.required("USAGE_TABLE")?;
+        let auth_table = env.required("AUTH_TABLE")?;
+        let quotas = Quotas::from_env(env, dynamodb.clone())?;
         let sources = Sources {
             sqs: aws_sdk_sqs::Client::new(sdk),
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
             secrets: aws_sdk_secretsmanager::Client::new(sdk),
-            usage_table: env.required("USAGE_TABLE")?,
-            auth: AuthStore::new(dynamodb.clone(), env.required("AUTH_TABLE")?),
+            budgets: Budgets::new(
+                dynamodb.clone(),
+                auth_table.clone(),
+                usage_table.clone(),
+                Arc::new(quotas),
+            ),
+            usage_table,
+            jobs: JobStore::from_env(env, sdk)?,
+            auth: AuthStore::new(dynamodb.clone(), auth_table),
             health: SharedHealth::new(dynamodb.clone(), state_table.clone(), Duration::ZERO),
             slos: parse_slos(&env.required("SLOS")?)?,
             slo_period: period_from_env(env)?,
@@ -172,11 +186,13 @@ pub async fn document(deps: &Deps, view: &TenantView) -> Value {
     let limit = deps.section_timeout;
     let mut sections = serde_json::Map::new();
     if *view == TenantView::All {
-        let (slos, fleet, queues, usage, drift, secrets, alerts) = tokio::join!(
+        let (slos, fleet, queues, usage, budgets, jobs, drift, secrets, alerts) = tokio::join!(
             bounded(limit, now, sections::slos(src)),
             bounded(limit, now, sections::fleet(src, now)),
             bounded(limit, now, sections::queues(src, now)),
             bounded(limit, now, sections::usage(src, view, now)),
+            bounded(limit, now, sections::budgets(src, view, now)),
+            bounded(limit, now, sections::jobs(src, view)),
             bounded(limit, now, sections::drift(src)),
             bounded(limit, now, sections::secrets(src, now)),
             bounded(limit, now, sections::alerts(src)),
@@ -186,6 +202,8 @@ pub async fn document(deps: &Deps, view: &TenantView) -> Value {
             ("fleet", fleet),
             ("queues", queues),
             ("usage", usage),
+            ("budgets", budgets),
+            ("jobs", jobs),
             ("drift", drift),
             ("secrets", secrets),
             ("alerts", alerts),
@@ -193,8 +211,14 @@ pub async fn document(deps: &Deps, view: &TenantView) -> Value {
             sections.insert(name.to_owned(), section);
         }
     } else {
-        let usage = bounded(limit, now, sections::usage(src, view, now)).await;
+        let (usage, budgets, jobs) = tokio::join!(
+            bounded(limit, now, sections::usage(src, view, now)),
+            bounded(limit, now, sections::budgets(src, view, now)),
+            bounded(limit, now, sections::jobs(src, view)),
+        );
         sections.insert("usage".to_owned(), usage);
+        sections.insert("budgets".to_owned(), budgets);
+        sections.insert("jobs".to_owned(), jobs);
     }
     json!({
         "generated_at": rfc3339(now),
@@ -229,12 +253,6 @@ async fn bounded(
     }
 }
 
-fn rfc3339(secs: u64) -> String {
-    aws_smithy_types::DateTime::from_secs(secs as i64)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +274,8 @@ mod tests {
             ("STATE_TABLE", "state"),
             ("USAGE_TABLE", "usage"),
             ("AUTH_TABLE", "auth"),
+            ("JOBS_TABLE", "jobs"),
+            ("JOBS_QUEUE_URL", "http://127.0.0.1:9/1/jobs"),
             ("SIGNING_KEYS_SECRET", "keys"),
             ("REVOCATION_CACHE_MS", "600000"),
             ("SLOS", SLOS),
@@ -312,7 +332,9 @@ mod tests {
         let response = handle(&deps, request).await;
         assert_eq!(response.status(), 200);
         let body: Value = serde_json::from_slice(response.body()).unwrap();
-        for name in ["slos", "fleet", "usage", "drift", "secrets", "alerts"] {
+        for name in [
+            "slos", "fleet", "usage", "budgets", "jobs", "drift", "secrets", "alerts",
+        ] {
             assert!(
                 body["sections"][name]["error"].is_string(),
                 "{name}: {}",

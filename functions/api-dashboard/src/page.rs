@@ -16,7 +16,7 @@
 //!
 //! Charts are inline SVG drawn from presentation attributes and CSS classes
 //! (no `style` attributes, which the CSP refuses): 30-day request and cost
-//! sparklines per tenant, burn-rate bars per SLO.
+//! sparklines per tenant, burn-rate bars per SLO, spend bars per budget.
 
 use askama::Template;
 use lambda_http::http::{StatusCode, header};
@@ -64,6 +64,8 @@ enum CardBody {
     Fleet(Vec<FleetRow>),
     Queues(Vec<QueueRow>),
     Usage(UsageView),
+    Budgets(Vec<BudgetRow>),
+    Jobs(Vec<JobsRow>),
     Drift(DriftView),
     Secrets(Vec<SecretRow>),
     Alerts(AlertsView),
@@ -120,6 +122,27 @@ struct TenantRow {
     cost_points: String,
 }
 
+/// One period of one tenant's budget.
+struct BudgetRow {
+    tenant: String,
+    period: String,
+    spent: String,
+    /// Width of the spend bar (0 to 100); `over`: the budget is spent.
+    bar: f64,
+    over: bool,
+    state: String,
+}
+
+/// One tenant's jobs by status (`tenant` is "all tenants" on the totals row).
+struct JobsRow {
+    tenant: String,
+    pending: String,
+    running: String,
+    done: String,
+    failed: String,
+    failures: bool,
+}
+
 struct DriftView {
     summary: String,
     findings: Vec<String>,
@@ -142,6 +165,8 @@ pub fn render(document: &Value) -> Result<String, ApiError> {
         ("fleet", "Fleet"),
         ("queues", "Queues"),
         ("usage", "Usage and cost"),
+        ("budgets", "Budgets"),
+        ("jobs", "Jobs"),
         ("drift", "Drift"),
         ("secrets", "Secret ages"),
         ("alerts", "Alerts"),
@@ -167,6 +192,8 @@ fn card(id: &str, title: &'static str, section: &Value) -> Card {
         "fleet" => CardBody::Fleet(rows(data).iter().map(fleet_row).collect()),
         "queues" => CardBody::Queues(rows(&data["queues"]).iter().map(queue_row).collect()),
         "usage" => CardBody::Usage(usage_view(data)),
+        "budgets" => CardBody::Budgets(budget_rows(data)),
+        "jobs" => CardBody::Jobs(jobs_rows(data)),
         "drift" => CardBody::Drift(drift_view(data)),
         "secrets" => CardBody::Secrets(
             rows(&data["secrets"])
@@ -377,6 +404,55 @@ fn usage_view(usage: &Value) -> UsageView {
     }
 }
 
+fn budget_rows(budgets: &Value) -> Vec<BudgetRow> {
+    rows(&budgets["budgets"])
+        .iter()
+        .flat_map(|budget| {
+            let blocked = budget["blocked_until"].as_str().map(str::to_owned);
+            rows(&budget["periods"])
+                .into_iter()
+                .map(move |period| {
+                    let used = period["percent"].as_f64().unwrap_or(0.0);
+                    let over = used >= 100.0;
+                    BudgetRow {
+                        tenant: text(&budget["tenant"]),
+                        period: format!("{} {}", text(&period["period"]), text(&period["id"])),
+                        spent: format!(
+                            "{} of {} ({used:.0} %)",
+                            dollars(&period["spent_usd"]),
+                            dollars(&period["budget_usd"])
+                        ),
+                        bar: used.clamp(0.0, 100.0),
+                        over,
+                        state: match (&blocked, over) {
+                            (Some(until), true) => format!("refused until {until}"),
+                            (_, true) => "spent (alerts only)".to_owned(),
+                            _ => format!("resets {}", text(&period["resets_at"])),
+                        },
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn jobs_rows(jobs: &Value) -> Vec<JobsRow> {
+    let row = |tenant: String, counts: &Value| JobsRow {
+        tenant,
+        pending: count(&counts["pending"]),
+        running: count(&counts["running"]),
+        done: count(&counts["done"]),
+        failed: count(&counts["failed"]),
+        failures: counts["failed"].as_f64().unwrap_or(0.0) > 0.0,
+    };
+    let tenants = rows(&jobs["tenants"]);
+    let mut out: Vec<JobsRow> = tenants.iter().map(|t| row(text(&t["tenant"]), t)).collect();
+    if tenants.len() > 1 {
+        out.push(row("all tenants".to_owned(), &jobs["totals"]));
+    }
+    out
+}
+
 fn drift_view(drift: &Value) -> DriftView {
     if drift["never_run"] == true {
         return DriftView {
@@ -456,6 +532,12 @@ mod tests {
                     "tenants": [{"tenant": "<script>alert(1)</script>", "requests": 5.0, "cost_usd": 1.5,
                         "today": {"requests": 2.0, "cost_usd": 0.5}, "days": [{"requests": 3.0, "cost_usd": 1.0}, {"requests": 2.0, "cost_usd": 0.5}]}],
                     "top_models": [{"model": "small", "requests": 5.0, "cost_usd": 1.5}]}},
+                "budgets": {"data": {"blocked": 1, "budgets": [{"tenant": "acme", "blocked_until": "2027-01-01T00:00:00Z",
+                    "periods": [{"period": "monthly", "id": "2026-12", "budget_usd": 10.0, "spent_usd": 10.5, "percent": 105.0,
+                        "resets_at": "2027-01-01T00:00:00Z"}]}]}},
+                "jobs": {"data": {"totals": {"pending": 1, "running": 0, "done": 7, "failed": 2},
+                    "tenants": [{"tenant": "acme", "pending": 1, "running": 0, "done": 5, "failed": 2},
+                                {"tenant": "beta", "pending": 0, "running": 0, "done": 2, "failed": 0}]}},
                 "drift": {"data": {"stack": "s", "never_run": true}},
                 "secrets": {"data": {"overdue": 1, "secrets": [{"secret": "keys", "age_days": 40, "max_age_days": 30, "overdue": true}]}},
                 "alerts": {"data": {"firing": ["slo#chat#page-fast"], "recent": [{"key": "slo#chat#page-fast", "firing": true, "summary": "burning"}]}},
@@ -463,12 +545,15 @@ mod tests {
         });
         let html = render(&document).unwrap();
         for id in [
-            "slos", "fleet", "queues", "usage", "drift", "secrets", "alerts",
+            "slos", "fleet", "queues", "usage", "budgets", "jobs", "drift", "secrets", "alerts",
         ] {
             assert!(html.contains(&format!("data-section=\"{id}\"")), "{id}");
         }
         assert!(html.contains("not read within 2000 ms"));
         assert!(html.contains("in 144 h"));
+        assert!(html.contains("$10.50 of $10.00 (105 %)"));
+        assert!(html.contains("refused until 2027-01-01T00:00:00Z"));
+        assert!(html.contains("all tenants"));
         assert!(html.contains("overdue"));
         assert!(html.contains("<polyline"));
         assert!(!html.contains("<script>"), "values are escaped");

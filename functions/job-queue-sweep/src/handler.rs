@@ -21,6 +21,12 @@
 //!    limit and a minute) belongs to an instance that died before billing, and
 //!    is billed now, exactly once (see `sophia_shared::inference::ledger`).
 //!
+//! 5. **Budgets.** Every tenant's cost budget is checked against its spend:
+//!    each alert threshold reached alerts once per period, and the hard limit's
+//!    block is applied (or lifted) as the budget calls for, should the function
+//!    that billed the crossing answer have died before applying it (see
+//!    `sophia_shared::inference::budget`).
+//!
 //! Storage or queue failures are `Retryable` (the schedule retries, then its
 //! dead-letter queue keeps the event); bad input is `NonRetryable.Invalid`.
 
@@ -29,14 +35,18 @@ use std::time::Duration;
 use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sophia_shared::aws::deadletter::DeadLetterQueue;
+use sophia_shared::aws::secrets::SecretToken;
 use sophia_shared::clock::{now_ms, now_secs};
-use sophia_shared::config::{ConfigError, Env};
+use sophia_shared::config::Env;
 use sophia_shared::inference::usage::{Billing, Recovery};
 use sophia_shared::jobs::JobMessage;
 use sophia_shared::jobs::store::JobStore;
 use sophia_shared::memory::queue::VectorQueue;
 use sophia_shared::memory::store::MemoryStore;
 use sophia_shared::observability::MetricSet;
+use sophia_shared::ops::alerts::Alerter;
+use sophia_shared::outbound::{OutboundClient, OutboundSettings};
+use sophia_shared::startup::InitError;
 
 pub const SERVICE: &str = "job-queue-sweep";
 
@@ -75,14 +85,17 @@ pub struct Deps {
     /// Bills the ledger entries of answers whose function died before billing them.
     pub billing: Billing,
     pub unbilled_after: Duration,
+    /// Budget alerts, de-duplicated per threshold and period.
+    pub alerts: Alerter,
 }
 
 impl Deps {
     /// `JOBS_TABLE`, `JOBS_QUEUE_URL`, `JOBS_DLQ_URL`, `MEMORY_TABLE`,
     /// `MEMORY_EMBED_QUEUE_URL`, `SWEEP_STRANDED_AFTER_SECS` (60), `SWEEP_MAX_MESSAGES` (500),
     /// `SWEEP_UNBILLED_AFTER_SECS` (960), and billing's `USAGE_TABLE`, `PRICE_TABLE`
-    /// (for `CHAT_MODELS` and `EMBEDDING_MODELS`) and quota settings.
-    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+    /// (for `CHAT_MODELS` and `EMBEDDING_MODELS`) and quota settings; budget
+    /// alerts: `STATE_TABLE`, `ALERT_WEBHOOK_SECRET` (optional: logged only).
+    pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let jobs = JobStore::from_env(env, sdk)?;
         let dead_letters = DeadLetterQueue::new(
             aws_sdk_sqs::Client::new(sdk),
@@ -111,6 +124,19 @@ impl Deps {
                 &[env.list("CHAT_MODELS"), env.list("EMBEDDING_MODELS")].concat(),
             )?,
             unbilled_after: Duration::from_secs(env.parse_or("SWEEP_UNBILLED_AFTER_SECS", 960)?),
+            alerts: Alerter::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                env.required("STATE_TABLE")?,
+                OutboundClient::new(OutboundSettings::from_env(env)?)?,
+                env.optional("ALERT_WEBHOOK_SECRET").map(|id| {
+                    SecretToken::new(
+                        aws_sdk_secretsmanager::Client::new(sdk),
+                        id,
+                        Duration::from_secs(300),
+                    )
+                }),
+                SERVICE,
+            ),
         })
     }
 }
@@ -137,6 +163,8 @@ pub struct SweepReport {
     pub resent_vectors: Vec<String>,
     /// Answers billed now because their function died before billing them.
     pub unbilled: Recovery,
+    /// Budget alerts sent now (`budget#<tenant>#<period>#<percent>`).
+    pub budget_alerts: Vec<String>,
 }
 
 pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport, SweepError> {
@@ -218,8 +246,15 @@ pub async fn handle(deps: &Deps, event: serde_json::Value) -> Result<SweepReport
     if report.unbilled != Recovery::default() {
         tracing::warn!(unbilled = ?report.unbilled, "answers billed after their function died");
     }
+    report.budget_alerts = deps
+        .billing
+        .budgets
+        .check(&deps.alerts, now_secs())
+        .await
+        .map_err(SweepError::Storage)?;
     MetricSet::new("Sophia")
         .dimension("Service", SERVICE)
+        .count("BudgetAlerts", report.budget_alerts.len() as f64)
         .count(
             "UnbilledAnswersRecovered",
             (report.unbilled.billed_exactly + report.unbilled.billed_estimated) as f64,

@@ -26,6 +26,7 @@ use sophia_shared::clock::now_ms;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::client::FleetClient;
 use sophia_shared::guard::quota::Quotas;
+use sophia_shared::inference::budget::Budgets;
 use sophia_shared::inference::usage::{PriceTable, Usage, UsageRecorder};
 use sophia_shared::jobs::store::JobStore;
 use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage};
@@ -85,7 +86,9 @@ pub struct Deps {
     pub jobs: JobStore,
     pub prices: PriceTable,
     pub usage: UsageRecorder,
-    pub quotas: Quotas,
+    pub quotas: Arc<Quotas>,
+    /// Checked after each job is billed: a spent budget blocks the tenant.
+    pub budgets: Budgets,
     pub settings: WorkerSettings,
 }
 
@@ -95,12 +98,20 @@ impl Deps {
     pub fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let models = env.list("CHAT_MODELS");
+        let usage_table = env.required("USAGE_TABLE")?;
+        let quotas = Arc::new(Quotas::from_env(env, dynamodb.clone())?);
         Ok(Self {
             fleet: Arc::new(FleetClient::from_env(env, sdk)?),
             jobs: JobStore::from_env(env, sdk)?,
             prices: PriceTable::parse(&env.required("PRICE_TABLE")?, &models)?,
-            usage: UsageRecorder::new(dynamodb.clone(), env.required("USAGE_TABLE")?),
-            quotas: Quotas::from_env(env, dynamodb)?,
+            usage: UsageRecorder::new(dynamodb.clone(), usage_table.clone()),
+            budgets: Budgets::new(
+                dynamodb,
+                env.required("AUTH_TABLE")?,
+                usage_table,
+                quotas.clone(),
+            ),
+            quotas,
             settings: WorkerSettings::from_env(env)?,
         })
     }
@@ -254,6 +265,7 @@ pub fn is_permanent(error: &ApiError) -> bool {
         | ApiError::NotReady { .. }
         | ApiError::RateLimited { .. }
         | ApiError::QuotaExceeded { .. }
+        | ApiError::BudgetExceeded { .. }
         | ApiError::Internal { .. }
         | ApiError::RouteNotFound { .. }
         | ApiError::NotFound { .. }
@@ -338,6 +350,7 @@ async fn finish(
                 .property("tenant", job.tenant.as_str())
                 .emit();
             tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "job done");
+            deps.budgets.enforce(&job.tenant).await;
             Outcome::Acknowledged("done")
         }
         Ok(false) => {

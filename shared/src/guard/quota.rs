@@ -7,18 +7,24 @@
 //! and overshoot the token quota by at most the requests in flight. Tokens are
 //! added when the answer's usage is known. Quotas are stored in the auth table
 //! (`tenant#<t>`, `quota`) and cached for 30 s per instance.
+//!
+//! The same item carries a tenant's budget block (`blocked_until`,
+//! `blocked_period`), written by `inference::budget` on every remaining day of
+//! a spent period, so the one admission write also refuses a tenant over its
+//! hard budget limit: budgets add no round trip to the request path.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::aws::dynamo::error_text as aws;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::clock::{now_secs, utc_date};
+use crate::clock::{now_secs, rfc3339, utc_date};
 use crate::config::{ConfigError, Env};
 use crate::problem::ApiError;
 
@@ -29,6 +35,34 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 pub struct Quota {
     pub requests_per_day: u64,
     pub tokens_per_day: u64,
+}
+
+/// A budget block on a day's counter: requests are refused until `until` (Unix
+/// seconds), the end of the spent `period` (`monthly` or `daily`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub period: &'static str,
+    pub until: u64,
+}
+
+impl Block {
+    fn of(item: &HashMap<String, AttributeValue>) -> Option<Self> {
+        let until = item.get("blocked_until")?.as_n().ok()?.parse().ok()?;
+        let period = match item.get("blocked_period").and_then(|v| v.as_s().ok()) {
+            Some(p) if p == "daily" => "daily",
+            _ => "monthly",
+        };
+        Some(Self { period, until })
+    }
+
+    /// The 429 a blocked request gets at `now`.
+    pub fn refusal(&self, now: u64) -> ApiError {
+        ApiError::BudgetExceeded {
+            period: self.period,
+            resets_at: rfc3339(self.until),
+            retry_after_secs: u32::try_from(self.until.saturating_sub(now)).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +168,17 @@ impl Quotas {
                 return Ok(None);
             }
         };
-        let now = now_secs();
+        self.reserve_counted_at(tenant, quota, now_secs()).await
+    }
+
+    /// [`Self::reserve_counted`] at `now` (Unix seconds): the day's counter and
+    /// any budget block on it.
+    pub async fn reserve_counted_at(
+        &self,
+        tenant: &str,
+        quota: Quota,
+        now: u64,
+    ) -> Result<Option<u64>, ApiError> {
         let result = self
             .dynamodb
             .update_item()
@@ -143,8 +187,10 @@ impl Quotas {
             .key("sk", AttributeValue::S(format!("daily#{}", utc_date(now))))
             .update_expression("ADD requests :one SET expires_at = if_not_exists(expires_at, :expires)")
             .condition_expression(
-                "(attribute_not_exists(requests) OR requests < :requests) AND (attribute_not_exists(tokens) OR tokens < :tokens)",
+                "(attribute_not_exists(requests) OR requests < :requests) AND (attribute_not_exists(tokens) OR tokens < :tokens) \
+                 AND (attribute_not_exists(blocked_until) OR blocked_until <= :now)",
             )
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
             .expression_attribute_values(":requests", AttributeValue::N(quota.requests_per_day.to_string()))
             .expression_attribute_values(":tokens", AttributeValue::N(quota.tokens_per_day.to_string()))
@@ -165,6 +211,14 @@ impl Quotas {
                     .as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
+                let old = error.as_service_error().and_then(|e| match e {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => failed.item(),
+                    _ => None,
+                });
+                if let Some(block) = old.and_then(Block::of).filter(|b| b.until > now) {
+                    tracing::info!(tenant, period = block.period, "budget spent; refused");
+                    return Err(block.refusal(now));
+                }
                 let until_midnight = 86_400 - now % 86_400;
                 tracing::info!(tenant, "daily quota exhausted");
                 Err(ApiError::QuotaExceeded {
@@ -200,6 +254,77 @@ impl Quotas {
         if let Err(error) = result {
             tracing::warn!(error = %aws(error), tenant, "giving back a refused request's quota failed");
         }
+    }
+
+    /// The budget block on `tenant`'s counter of each of `days` (`yyyy-mm-dd`),
+    /// where there is one.
+    pub async fn blocks(
+        &self,
+        tenant: &str,
+        days: &[String],
+    ) -> Result<Vec<(String, Block)>, String> {
+        let (Some(first), Some(last)) = (days.first(), days.last()) else {
+            return Ok(Vec::new());
+        };
+        let query = self
+            .dynamodb
+            .query()
+            .table_name(&self.usage_table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("tenant#{tenant}")))
+            .expression_attribute_values(":from", AttributeValue::S(format!("daily#{first}")))
+            .expression_attribute_values(":to", AttributeValue::S(format!("daily#{last}")));
+        let items = crate::aws::dynamo::query_all(query).await.map_err(aws)?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let day = item.get("sk")?.as_s().ok()?.strip_prefix("daily#")?;
+                Some((day.to_owned(), Block::of(item)?))
+            })
+            .collect())
+    }
+
+    /// Refuses `tenant`'s requests on each of `days` until `block.until`; a
+    /// longer block already there stays. Idempotent.
+    pub async fn block(&self, tenant: &str, days: &[String], block: &Block) -> Result<(), String> {
+        let expires = now_secs() + 400 * 86_400;
+        let writes = days.iter().map(|day| {
+            self.dynamodb
+                .update_item()
+                .table_name(&self.usage_table)
+                .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+                .key("sk", AttributeValue::S(format!("daily#{day}")))
+                .update_expression(
+                    "SET blocked_until = :until, blocked_period = :period, expires_at = if_not_exists(expires_at, :expires)",
+                )
+                .condition_expression("attribute_not_exists(blocked_until) OR blocked_until < :until")
+                .expression_attribute_values(":until", AttributeValue::N(block.until.to_string()))
+                .expression_attribute_values(":period", AttributeValue::S(block.period.to_owned()))
+                .expression_attribute_values(":expires", AttributeValue::N(expires.to_string()))
+                .send()
+        });
+        for result in futures_util::future::join_all(writes).await {
+            crate::aws::dynamo::unless_condition_failed(result.map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    /// Lifts the budget block of `tenant` from each of `days` that has one.
+    pub async fn unblock(&self, tenant: &str, days: &[String]) -> Result<(), String> {
+        let writes = days.iter().map(|day| {
+            self.dynamodb
+                .update_item()
+                .table_name(&self.usage_table)
+                .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
+                .key("sk", AttributeValue::S(format!("daily#{day}")))
+                .update_expression("REMOVE blocked_until, blocked_period")
+                .condition_expression("attribute_exists(blocked_until)")
+                .send()
+        });
+        for result in futures_util::future::join_all(writes).await {
+            crate::aws::dynamo::unless_condition_failed(result.map(|_| ()))?;
+        }
+        Ok(())
     }
 
     /// Adds the tokens of an answered request to today's counter.

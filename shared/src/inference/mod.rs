@@ -6,11 +6,14 @@
 //! - [`cache`]: the opt-in exact-match response cache of completions;
 //! - [`embeddings`]: the embeddings request, the call, OpenAI's answer shape;
 //! - [`models`]: the model catalog;
-//! - [`usage`]: prices, the usage table, and [`usage::Billing`].
+//! - [`usage`]: prices, the usage table, and [`usage::Billing`];
+//! - [`usage_rows`]: the usage table's rows read back (dashboard, budgets);
+//! - [`budget`]: per-tenant cost budgets, their alerts and hard limit.
 //!
 //! The REST routes (api-chat), the MCP tools (api-mcp), the memory (api-memory)
 //! and the worker call these functions; none of them calls another over HTTP.
 
+pub mod budget;
 pub mod cache;
 pub mod chat;
 pub mod embeddings;
@@ -18,6 +21,7 @@ pub mod ledger;
 pub mod models;
 pub mod openai;
 pub mod usage;
+pub mod usage_rows;
 
 use std::sync::Arc;
 

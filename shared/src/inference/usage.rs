@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::clock::utc_date;
 use crate::config::{ConfigError, Env};
 use crate::guard::quota::Quotas;
+use crate::inference::budget::Budgets;
 use crate::inference::ledger::{Ledger, Owed, Settled, Tokens};
 use crate::observability::MetricSet;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
@@ -72,6 +73,8 @@ pub struct Billing {
     pub quotas: Arc<Quotas>,
     /// Usage owed by requests being answered (see [`crate::inference::ledger`]).
     pub ledger: Ledger,
+    /// The tenants' cost budgets, checked after each answer is billed.
+    pub budgets: Arc<Budgets>,
 }
 
 /// A request's billing, due once the caller has the answer: see [`Billing::settle`].
@@ -113,10 +116,17 @@ impl Billing {
         priced: &[String],
     ) -> Result<Self, ConfigError> {
         let table = env.required("USAGE_TABLE")?;
+        let quotas = Arc::new(Quotas::from_env(env, dynamodb.clone())?);
         Ok(Self {
             service,
             prices: PriceTable::parse(&env.required("PRICE_TABLE")?, priced)?,
-            quotas: Arc::new(Quotas::from_env(env, dynamodb.clone())?),
+            budgets: Arc::new(Budgets::new(
+                dynamodb.clone(),
+                env.required("AUTH_TABLE")?,
+                table.clone(),
+                quotas.clone(),
+            )),
+            quotas,
             ledger: Ledger::new(dynamodb.clone(), table.clone()),
             usage: UsageRecorder::new(dynamodb, table),
         })
@@ -137,8 +147,9 @@ impl Billing {
         if let Err(error) = counted {
             tracing::error!(%error, tenant, tokens, "counting tokens against the quota failed");
         }
-        if let Err(error) = recorded {
-            log_unrecorded(&error, tenant, model, usage, cost);
+        match recorded {
+            Ok(()) => self.budgets.enforce(tenant).await,
+            Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
         }
     }
 
@@ -171,7 +182,10 @@ impl Billing {
             (true, Some(usage)) => {
                 let cost = self.prices.cost_micro_usd(model, usage);
                 match self.settle_owed(owed, usage, cost, false).await {
-                    Ok(Settled::Billed) => self.emit(tenant, model, usage, cost),
+                    Ok(Settled::Billed) => {
+                        self.emit(tenant, model, usage, cost);
+                        self.budgets.enforce(tenant).await;
+                    }
                     Ok(outcome) => {
                         tracing::info!(?outcome, tenant, request_id = %owed.request_id, "usage left to the recovery");
                     }
@@ -215,6 +229,7 @@ impl Billing {
     /// counted as `recovered_requests`.
     pub async fn recover(&self, cutoff: u64, days_back: u64) -> Result<Recovery, String> {
         let mut report = Recovery::default();
+        let mut billed_tenants = std::collections::BTreeSet::new();
         for owed in self.ledger.unsettled(cutoff, days_back).await? {
             let usage = match owed.answered {
                 Some(tokens) => Usage {
@@ -230,6 +245,7 @@ impl Billing {
             match self.settle_owed(&owed, &usage, cost, true).await? {
                 Settled::Billed => {
                     self.emit(&owed.tenant, &owed.model, &usage, cost);
+                    billed_tenants.insert(owed.tenant.clone());
                     if owed.answered.is_some() {
                         report.billed_exactly += 1;
                     } else {
@@ -244,6 +260,9 @@ impl Billing {
                     ));
                 }
             }
+        }
+        for tenant in billed_tenants {
+            self.budgets.enforce(&tenant).await;
         }
         Ok(report)
     }

@@ -47,6 +47,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Running, Self::Done, Self::Failed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",

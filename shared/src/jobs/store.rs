@@ -18,6 +18,8 @@ pub const OUTBOX_INDEX: &str = "outbox";
 /// Outbox entries are spread over this many index partitions, so that a burst of
 /// submissions does not make one GSI partition hot.
 const OUTBOX_SHARDS: u8 = 8;
+/// The jobs table's index by tenant and status (counts for the dashboard).
+const STATUS_INDEX: &str = "by_tenant_status";
 /// DynamoDB items are limited to 400 KB; a result above this is refused.
 const MAX_RESULT_BYTES: usize = 350_000;
 /// Tries of the completing transaction when it collides with concurrent billing.
@@ -153,6 +155,38 @@ impl JobStore {
             replayed: false,
             enqueued,
         })
+    }
+
+    /// How many of `tenant`'s jobs are in each status now, over the jobs kept
+    /// (`JOB_RETENTION_DAYS`), as (status, count) in the order of [`JobStatus::ALL`].
+    /// One `COUNT` query per status on the `by_tenant_status` index, which
+    /// DynamoDB keeps in step with every write of a job's status.
+    pub async fn counts(&self, tenant: &str) -> Result<Vec<(JobStatus, u64)>, JobError> {
+        let now_s = now_ms() / 1000;
+        let counts = JobStatus::ALL.map(|status| async move {
+            let mut pages = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .index_name(STATUS_INDEX)
+                .key_condition_expression("tenant = :tenant AND #s = :status")
+                // TTL deletes expired jobs up to days late.
+                .filter_expression("expires_at > :now")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":tenant", s(tenant))
+                .expression_attribute_values(":status", s(status.as_str()))
+                .expression_attribute_values(":now", n(now_s))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .into_paginator()
+                .send();
+            let mut total = 0u64;
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| JobError::Storage(error_text(e)))?;
+                total += u64::try_from(page.count()).unwrap_or(0);
+            }
+            Ok::<_, JobError>((status, total))
+        });
+        futures_util::future::try_join_all(counts).await
     }
 
     /// Sends the job's message, then clears its outbox marker. Sending twice is harmless.

@@ -211,6 +211,29 @@ pub fn body_json(response: &lambda_http::Response<lambda_http::Body>) -> Value {
     serde_json::from_slice(response.body()).expect("JSON body")
 }
 
+/// The status and the JSON body of an answer (`Null` when it has none, as a 204).
+pub fn status_and_json(response: &lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
+    let body = if response.body().is_empty() {
+        Value::Null
+    } else {
+        body_json(response)
+    };
+    (response.status().as_u16(), body)
+}
+
+/// [`json_request`] with `body`, or the same request without a body.
+pub fn request_with(method: &str, path: &str, body: Option<&Value>) -> lambda_http::Request {
+    match body {
+        Some(body) => json_request(method, path, body, None),
+        None => http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-correlation-id", "it-chat")
+            .body(lambda_http::Body::Empty)
+            .expect("request"),
+    }
+}
+
 /// An API Gateway-style request built in code, optionally carrying a Lambda
 /// context whose deadline is `deadline_in` from now.
 pub fn json_request(

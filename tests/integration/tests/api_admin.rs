@@ -7,8 +7,8 @@
 use api_admin::handler::{Deps, handle};
 use aws_sdk_dynamodb::types::AttributeValue;
 use harness::{
-    Provisioned, body_json, issue_token, json_request, local_aws, sdk_config_for, unique_stack,
-    with_bearer,
+    Provisioned, issue_token, local_aws, request_with, sdk_config_for, status_and_json,
+    unique_stack, with_bearer,
 };
 use serde_json::{Value, json};
 use sophia_shared::config::Env;
@@ -32,22 +32,8 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let request = match body {
-        Some(body) => json_request(method, path, &body, None),
-        None => http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(lambda_http::Body::Empty)
-            .unwrap(),
-    };
-    let response = handle(&a.deps, with_bearer(request, token)).await;
-    let status = response.status().as_u16();
-    let body = if response.body().is_empty() {
-        Value::Null
-    } else {
-        body_json(&response)
-    };
-    (status, body)
+    let request = with_bearer(request_with(method, path, body.as_ref()), token);
+    status_and_json(&handle(&a.deps, request).await)
 }
 
 async fn actions(a: &Admin, token: &str) -> Vec<String> {

@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::config::Env;
 use sophia_shared::fleet::health::{EndpointStatus, SharedHealth};
+use sophia_shared::inference::budget::Budget;
 use sophia_shared::inference::usage::{Usage, UsageRecorder};
+use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::{Claim, FailureKind, NewJob};
 
 fn dashboard_env(stack: &Provisioned, overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = stack.report["functions"]["api-dashboard"]
@@ -110,6 +113,29 @@ async fn every_section_shows_what_the_writers_stored() {
         .await
         .unwrap();
 
+    // Three jobs of dash-a: two pending, one failed for good.
+    let job_store = JobStore::from_env(&Env::new(&stack.env), &sdk).unwrap();
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let new = NewJob {
+            tenant: "dash-a",
+            model: "sophia-small",
+            request: text,
+            idempotency_key: None,
+        };
+        ids.push(job_store.submit(new).await.unwrap().job.id);
+    }
+    let Claim::Claimed { attempt, .. } = job_store.claim(&ids[2], "test", u64::MAX).await.unwrap()
+    else {
+        panic!("a new job is claimable");
+    };
+    assert!(
+        job_store
+            .fail(&ids[2], attempt, FailureKind::Rejected, "refused")
+            .await
+            .unwrap()
+    );
+
     // The probe's record of one endpoint.
     let health = SharedHealth::new(
         dynamodb.clone(),
@@ -151,6 +177,18 @@ async fn every_section_shows_what_the_writers_stored() {
     let deps = api_dashboard::handler::Deps::from_env(&Env::new(&env), &sdk)
         .await
         .unwrap();
+    // dash-a's budget: $0.001 a month, 16 % spent (160 micro-USD billed above).
+    let budget = Budget {
+        monthly_usd: 0.001,
+        daily_usd: None,
+        alert_thresholds_percent: vec![10, 50],
+        hard_limit: true,
+    };
+    deps.sources
+        .budgets
+        .set("dash-a", Some(&budget), sophia_shared::clock::now_secs())
+        .await
+        .unwrap();
 
     // The platform view: every section.
     let token = issue_token(&stack, "dash-a", &["admin", "platform"]).await;
@@ -158,7 +196,7 @@ async fn every_section_shows_what_the_writers_stored() {
     assert_eq!(status, 200, "{body}");
     let sections = &body["sections"];
     for name in [
-        "slos", "fleet", "queues", "usage", "drift", "secrets", "alerts",
+        "slos", "fleet", "queues", "usage", "budgets", "jobs", "drift", "secrets", "alerts",
     ] {
         assert!(
             sections[name]["error"].is_null(),
@@ -190,7 +228,7 @@ async fn every_section_shows_what_the_writers_stored() {
     let queues = sections["queues"]["data"]["queues"].as_array().unwrap();
     let jobs = queues.iter().find(|q| q["name"] == "jobs").unwrap();
     assert_eq!(jobs["dead_letter_depth"], 1, "{jobs}");
-    assert_eq!(jobs["depth"], 0);
+    assert_eq!(jobs["depth"], 3, "the three jobs' messages");
     assert_eq!(queues.len(), 7, "every queue of the template");
 
     let usage = &sections["usage"]["data"];
@@ -208,6 +246,26 @@ async fn every_section_shows_what_the_writers_stored() {
     assert_eq!(a["days"].as_array().unwrap().len(), 30);
     assert_eq!(usage["top_tenants"][0]["tenant"], "dash-a");
     assert_eq!(usage["top_models"][0]["model"], "sophia-large");
+
+    let budgets = sections["budgets"]["data"]["budgets"].as_array().unwrap();
+    let a = budgets.iter().find(|b| b["tenant"] == "dash-a").unwrap();
+    let month = &a["periods"][0];
+    assert_eq!(month["period"], "monthly");
+    assert_eq!(month["spent_usd"], json!(0.00016));
+    assert_eq!(month["percent"], json!(16.0));
+    assert_eq!(month["crossed_percent"], json!([10]));
+    assert!(a["blocked_until"].is_null());
+
+    let job_rows = sections["jobs"]["data"]["tenants"].as_array().unwrap();
+    let a = job_rows.iter().find(|t| t["tenant"] == "dash-a").unwrap();
+    assert_eq!(
+        (&a["pending"], &a["running"], &a["done"], &a["failed"]),
+        (&json!(2), &json!(0), &json!(0), &json!(1)),
+        "{a}"
+    );
+    let b = job_rows.iter().find(|t| t["tenant"] == "dash-b").unwrap();
+    assert_eq!(b["pending"], json!(0));
+    assert_eq!(job_rows[0]["tenant"], "dash-a", "busiest first");
 
     assert_eq!(sections["drift"]["data"]["never_run"], true);
     // The stack's secrets carry their age policy (template tags); all fresh.
@@ -235,12 +293,21 @@ async fn every_section_shows_what_the_writers_stored() {
     );
     assert_eq!(alerts["recent"][0]["source"], "job-slo-check");
 
-    // A tenant's admin: its own usage only, no operations sections.
+    // A tenant's admin: its own usage, budget and jobs only, no operations sections.
     let token = issue_token(&stack, "dash-b", &["admin"]).await;
     let (status, body) = get(&deps, Some(&token)).await;
     assert_eq!(status, 200);
     let sections = body["sections"].as_object().unwrap();
-    assert_eq!(sections.keys().collect::<Vec<_>>(), vec!["usage"]);
+    assert_eq!(
+        sections.keys().collect::<Vec<_>>(),
+        vec!["budgets", "jobs", "usage"]
+    );
+    assert_eq!(
+        sections["budgets"]["data"]["budgets"],
+        json!([]),
+        "dash-b has no budget"
+    );
+    assert_eq!(sections["jobs"]["data"]["tenants"][0]["tenant"], "dash-b");
     let tenants = sections["usage"]["data"]["tenants"].as_array().unwrap();
     assert_eq!(tenants.len(), 1);
     assert_eq!(tenants[0]["tenant"], "dash-b");

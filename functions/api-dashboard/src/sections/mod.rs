@@ -6,7 +6,8 @@
 //! written by job-fleet-probe, the fleet client's EMF metrics in CloudWatch
 //! (attempt failures, breaker transitions), SQS queue attributes and
 //! CloudWatch's `AWS/SQS` age of the oldest message, the usage rows billing
-//! writes, drift detection's last report and the alert history.
+//! writes (usage and budgets), the jobs table's index by status, drift
+//! detection's last report and the alert history.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,19 +19,25 @@ use serde_json::Value;
 use sophia_shared::auth::store::AuthStore;
 use sophia_shared::config::ConfigError;
 use sophia_shared::fleet::health::SharedHealth;
+use sophia_shared::inference::budget::Budgets;
+use sophia_shared::jobs::store::JobStore;
 use sophia_shared::ops::slo::Slo;
 
+mod budget_view;
 mod fleet_view;
 mod history_view;
+mod jobs_view;
 mod queue_view;
 mod slo_view;
 mod usage_view;
 
+pub use budget_view::budgets;
 pub use fleet_view::fleet;
 pub use history_view::{alerts, drift, secrets};
+pub use jobs_view::jobs;
 pub use queue_view::queues;
 pub use slo_view::{slo_entry, slos, window_label};
-pub use usage_view::{TenantView, USAGE_DAYS, UsageRow, overview, summarize, usage};
+pub use usage_view::{TenantView, USAGE_DAYS, overview, summarize, usage};
 
 pub(crate) const NAMESPACE: &str = "Sophia";
 
@@ -87,6 +94,8 @@ pub struct Sources {
     pub state_table: String,
     pub usage_table: String,
     pub auth: AuthStore,
+    pub budgets: Budgets,
+    pub jobs: JobStore,
     pub health: SharedHealth,
     pub slos: Vec<Slo>,
     pub slo_period: Duration,

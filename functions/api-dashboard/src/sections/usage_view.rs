@@ -1,13 +1,12 @@
 //! The usage section: billing's usage rows per tenant, model and UTC day.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use sophia_shared::aws::dynamo::{error_text, query_all, s};
 use sophia_shared::clock::utc_date;
+use sophia_shared::inference::usage_rows::{self, UsageRow};
 
-use super::{Section, Sources, number};
+use super::{Section, Sources};
 
 /// Days of usage shown per tenant (today included).
 pub const USAGE_DAYS: u64 = 30;
@@ -20,18 +19,6 @@ pub enum TenantView {
     /// Every tenant in the registry (scope `platform`).
     All,
     Own(String),
-}
-
-/// One day's usage of one model, as billing wrote it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UsageRow {
-    pub date: String,
-    pub model: String,
-    pub requests: f64,
-    pub prompt_tokens: f64,
-    pub completion_tokens: f64,
-    pub cost_micro_usd: f64,
-    pub cached_requests: f64,
 }
 
 /// Usage and cost per tenant and model, today and per UTC day over
@@ -72,32 +59,7 @@ async fn usage_rows(src: &Sources, tenant: &str, days: &[String]) -> Result<Vec<
     let (Some(first), Some(last)) = (days.first(), days.last()) else {
         return Ok(Vec::new());
     };
-    // `$` sorts right after `#`: every model of the last day is inside.
-    let query = src
-        .dynamodb
-        .query()
-        .table_name(&src.usage_table)
-        .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-        .expression_attribute_values(":pk", s(&format!("tenant#{tenant}")))
-        .expression_attribute_values(":from", s(&format!("usage#{first}")))
-        .expression_attribute_values(":to", s(&format!("usage#{last}$")));
-    let items = query_all(query).await.map_err(error_text)?;
-    Ok(items.iter().filter_map(usage_row).collect())
-}
-
-fn usage_row(item: &HashMap<String, AttributeValue>) -> Option<UsageRow> {
-    let sk = item.get("sk")?.as_s().ok()?;
-    let (date, model) = sk.strip_prefix("usage#")?.split_once('#')?;
-    let value = |name: &str| number(item, name).unwrap_or(0.0);
-    Some(UsageRow {
-        date: date.to_owned(),
-        model: model.to_owned(),
-        requests: value("requests"),
-        prompt_tokens: value("prompt_tokens"),
-        completion_tokens: value("completion_tokens"),
-        cost_micro_usd: value("cost_micro_usd"),
-        cached_requests: value("cached_requests"),
-    })
+    usage_rows::read(&src.dynamodb, &src.usage_table, tenant, first, last).await
 }
 
 /// Micro-USD as USD to the micro-dollar (a chat answer costs fractions of a cent).

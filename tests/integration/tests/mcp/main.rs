@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fleet_sim::SimServer;
 use harness::mcp::{Upstream, serve_mcp_over_http};
 use harness::{
-    Provisioned, body_json, issue_token_for, json_request, local_aws, start_sim, unique_stack,
-    with_bearer,
+    Provisioned, body_json, issue_token_for, json_request, local_aws, start_sim, status_and_json,
+    unique_stack, with_bearer,
 };
 use serde_json::{Value, json};
 use sophia_shared::config::Env;
@@ -173,14 +173,7 @@ impl Gateway {
 
     async fn admin(&self, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
         let request = with_bearer(json_request(method, path, &body, None), token);
-        let response = api_admin::handler::handle(&self.admin, request).await;
-        let status = response.status().as_u16();
-        let body = if response.body().is_empty() {
-            Value::Null
-        } else {
-            body_json(&response)
-        };
-        (status, body)
+        status_and_json(&api_admin::handler::handle(&self.admin, request).await)
     }
 
     async fn register(&self, admin: &str, name: &str, registration: Value) {

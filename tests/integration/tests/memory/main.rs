@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use fleet_sim::{Fault, FaultMode, SimServer};
 use harness::{
     Provisioned, body_json, issue_token_for, json_request, lambda_context, local_aws,
-    receive_batch, settle, start_sim, unique_stack, with_bearer,
+    receive_batch, settle, start_sim, status_and_json, unique_stack, with_bearer,
 };
 use serde_json::{Value, json};
 use sophia_shared::config::Env;
@@ -73,13 +73,7 @@ impl Memory {
             with_bearer(json_request(method, path, &body, None), token),
         )
         .await;
-        let status = response.status().as_u16();
-        let body = if response.body().is_empty() {
-            Value::Null
-        } else {
-            body_json(&response)
-        };
-        (status, body)
+        status_and_json(&response)
     }
 
     async fn store(&self, token: &str, body: Value) -> (u16, Value) {
