@@ -249,7 +249,9 @@ fn count(value: &Value) -> String {
 /// Dollars to the cent, or to the hundredth of a cent below one cent.
 fn dollars(value: &Value) -> String {
     let usd = value.as_f64().unwrap_or(0.0);
-    if usd > 0.0 && usd < 0.01 {
+    if usd > 0.0 && usd < 0.0001 {
+        "< $0.0001".to_owned()
+    } else if usd > 0.0 && usd < 0.01 {
         format!("${usd:.4}")
     } else {
         format!("${usd:.2}")
@@ -554,6 +556,9 @@ mod tests {
         assert!(html.contains("$10.50 of $10.00 (105 %)"));
         assert!(html.contains("refused until 2027-01-01T00:00:00Z"));
         assert!(html.contains("all tenants"));
+        assert_eq!(dollars(&json!(0.000004)), "< $0.0001");
+        assert_eq!(dollars(&json!(0.0042)), "$0.0042");
+        assert_eq!(dollars(&json!(0.0)), "$0.00");
         assert!(html.contains("overdue"));
         assert!(html.contains("<polyline"));
         assert!(!html.contains("<script>"), "values are escaped");
