@@ -83,7 +83,8 @@ def flag(value: Any) -> str:
 
 def desired(stack: OfflineStack) -> list[dict[str, Any]]:
     template = stack.template
-    glob = template.get("Globals", {}).get("Function", {})
+    # Resolved as a function's own properties are: a variable whose condition is false is absent.
+    glob = stack.resolve(template.get("Globals", {}).get("Function", {}))
     rotation: dict[str, str] = {}
     for spec in stack.resources.values():
         if spec["Type"] == "AWS::SecretsManager::RotationSchedule":

@@ -11,6 +11,7 @@
 #   SOPHIA_SIM_PORTS ("8101 8102")  fleet simulators: primary, secondary
 #   SOPHIA_MCP_PORT (3901)  an upstream MCP server (server-everything from npm) to federate
 #   SOPHIA_CODEDEPLOY_PORT (3911)  the stand-in for CodeDeploy's hook status call (the pre-traffic hook reports there)
+#   SOPHIA_TRACES_PORT (4318)  the OTLP/HTTP trace receiver every function exports to (trees at http://127.0.0.1:4318/)
 #   SOPHIA_STATE_DIR (.local)       logs, the env file, the dev API key, stack.json
 #
 # Stopping: Ctrl-C, or TERM/INT to this script, to `make dev`'s process group,
@@ -33,6 +34,7 @@ aws_port=${SOPHIA_AWS_PORT:-5055}
 read -r -a sim_ports <<<"${SOPHIA_SIM_PORTS:-8101 8102}"
 mcp_port=${SOPHIA_MCP_PORT:-3901}
 codedeploy_port=${SOPHIA_CODEDEPLOY_PORT:-3911}
+traces_port=${SOPHIA_TRACES_PORT:-4318}
 sim_names=(primary secondary)
 stack=${SOPHIA_STACK:-sophia-local}
 state_dir=${SOPHIA_STATE_DIR:-$root/.local}
@@ -45,9 +47,9 @@ fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 [ -x "$python" ] || fail "the tool environment is missing: run 'make setup' first"
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port" "$codedeploy_port"; do
+for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port" "$codedeploy_port" "$traces_port"; do
   if port_in_use "$port"; then
-    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS / SOPHIA_MCP_PORT / SOPHIA_CODEDEPLOY_PORT."
+    fail "port $port on 127.0.0.1 is in use (another 'make dev'?). Stop it or set SOPHIA_PORT / SOPHIA_AWS_PORT / SOPHIA_SIM_PORTS / SOPHIA_MCP_PORT / SOPHIA_CODEDEPLOY_PORT / SOPHIA_TRACES_PORT."
   fi
 done
 
@@ -138,6 +140,9 @@ echo 'MCP_ALLOW_PRIVATE_UPSTREAMS="true"' >> "$state_dir/dev.env"
 printf 'LAMBDA_ENDPOINT_URL="http://127.0.0.1:%s"\nCODEDEPLOY_ENDPOINT_URL="http://127.0.0.1:%s"\n' \
   "$api_port" "$codedeploy_port" >> "$state_dir/dev.env"
 sed -i "s|^SMOKE_BASE_URL=.*|SMOKE_BASE_URL=\"http://127.0.0.1:$api_port\"|" "$state_dir/dev.env"
+# Every function exports its spans to the local trace receiver (in AWS: the
+# ADOT collector layer, README "Traces").
+printf 'OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%s"\n' "$traces_port" >> "$state_dir/dev.env"
 
 # The simulators accept only the fleet token the local Secrets Manager holds, so the
 # functions' credential path (read, cache, re-read on 401) runs locally as in AWS.
@@ -159,7 +164,7 @@ export FLEET_SIM_TOKEN=$fleet_token
     "$root/target/debug/sophia-dev" bootstrap-key --tenant dev --out "$state_dir/dev-api-key"
 )
 
-step 4/5 "starting ${#sim_ports[@]} fleet simulators and an upstream MCP server"
+step 4/5 "starting ${#sim_ports[@]} fleet simulators, an upstream MCP server and a trace receiver"
 for i in "${!sim_ports[@]}"; do
   name=${sim_names[$i]:-fleet$i}
   start "fleet-sim:$name" "$state_dir/fleet-sim-$name.log" \
@@ -178,6 +183,15 @@ done
 start "codedeploy-standin" "$state_dir/codedeploy-standin.log" "$python" tools/codedeploy_standin.py --port "$codedeploy_port"
 until port_in_use "$codedeploy_port"; do
   kill -0 "${pids[-1]}" 2>/dev/null || fail "the CodeDeploy stand-in exited (log: $state_dir/codedeploy-standin.log)"
+  sleep 0.2
+done
+
+# No collector or Jaeger package exists here: sophia-dev receives the spans and
+# shows each trace as a tree.
+start "trace-receiver" "$state_dir/trace-receiver.log" \
+  "$root/target/debug/sophia-dev" traces --port "$traces_port" --log "$state_dir/traces.log"
+until port_in_use "$traces_port"; do
+  kill -0 "${pids[-1]}" 2>/dev/null || fail "the trace receiver exited (log: $state_dir/trace-receiver.log)"
   sleep 0.2
 done
 
@@ -232,6 +246,7 @@ Sophia Functions is running locally.
   fleet          $(printf '%s ' "${fleet//,/  }")
   MCP            $base/mcp   (upstream to federate: http://127.0.0.1:$mcp_port/mcp, server-everything)
   deploy hook    make invoke FN=deploy-pre-traffic EVENT=hook   (reports to the CodeDeploy stand-in on :$codedeploy_port)
+  traces         http://127.0.0.1:$traces_port/   (every function's spans as one tree per trace, newest first; one line per span in $state_dir/traces.log)
   logs           $state_dir/*.log
 
 Try:

@@ -7,6 +7,8 @@ echo "==> the deploy hooks: pre-traffic checks of every function, the post-traff
 .venv/bin/python tools/hook_check.py
 echo "==> the smoke journey"
 make -s smoke BASE="$SOPHIA_BASE"
+echo "==> the smoke journey's job as one trace (the stack's trace receiver)"
+.venv/bin/python tools/trace_check.py
 echo "==> the dashboard page in Chromium"
 node tools/node/dashboard_check.mjs
 echo "==> API fuzzing (schemathesis)"

@@ -6,7 +6,7 @@
 #
 # The stack runs on its own ports and state directory, so a `make dev` of yours
 # can keep running: SOPHIA_PORT 9100, SOPHIA_AWS_PORT 5155, SOPHIA_SIM_PORTS
-# "8201 8202", SOPHIA_MCP_PORT 3902, SOPHIA_CODEDEPLOY_PORT 3912, SOPHIA_STATE_DIR target/test-stack (override any of them). Rate
+# "8201 8202", SOPHIA_MCP_PORT 3902, SOPHIA_CODEDEPLOY_PORT 3912, SOPHIA_TRACES_PORT 4319, SOPHIA_STATE_DIR target/test-stack (override any of them). Rate
 # limits are raised (test traffic comes from one principal at machine speed).
 # The command sees SOPHIA_STATE_DIR and SOPHIA_BASE. Afterwards every part of the
 # stack is stopped, and it is an error if a port is still taken.
@@ -19,6 +19,7 @@ export SOPHIA_AWS_PORT=${SOPHIA_AWS_PORT:-5155}
 export SOPHIA_SIM_PORTS=${SOPHIA_SIM_PORTS:-"8201 8202"}
 export SOPHIA_MCP_PORT=${SOPHIA_MCP_PORT:-3902}
 export SOPHIA_CODEDEPLOY_PORT=${SOPHIA_CODEDEPLOY_PORT:-3912}
+export SOPHIA_TRACES_PORT=${SOPHIA_TRACES_PORT:-4319}
 export SOPHIA_STATE_DIR=${SOPHIA_STATE_DIR:-$root/target/test-stack}
 export SOPHIA_STACK=${SOPHIA_STACK:-sophia-test}
 export RATE_LIMIT_PRINCIPAL_PER_MIN=${RATE_LIMIT_PRINCIPAL_PER_MIN:-60000}
@@ -35,7 +36,7 @@ echo "==> starting a dev stack on $SOPHIA_BASE (log: ${log#"$root"/})"
 setsid tools/dev.sh >"$log" 2>&1 &
 dev_pid=$!
 
-ports() { echo "$SOPHIA_PORT $SOPHIA_AWS_PORT $SOPHIA_SIM_PORTS $SOPHIA_MCP_PORT $SOPHIA_CODEDEPLOY_PORT"; }
+ports() { echo "$SOPHIA_PORT $SOPHIA_AWS_PORT $SOPHIA_SIM_PORTS $SOPHIA_MCP_PORT $SOPHIA_CODEDEPLOY_PORT $SOPHIA_TRACES_PORT"; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 stop() {

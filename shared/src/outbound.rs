@@ -135,7 +135,7 @@ impl OutboundClient {
         let mut request = self.http.get(url).timeout(timeout);
         if let Some(ctx) = ctx {
             request = request
-                .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
+                .header(TRACEPARENT_HEADER, ctx.trace.traceparent_now())
                 .header(CORRELATION_HEADER, ctx.correlation_id.as_str());
         }
         let response = request
@@ -259,7 +259,7 @@ impl OutboundClient {
         }
         if let Some(ctx) = exchange.ctx {
             request = request
-                .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
+                .header(TRACEPARENT_HEADER, ctx.trace.traceparent_now())
                 .header(CORRELATION_HEADER, ctx.correlation_id.as_str());
         }
         let mut response = request
@@ -284,6 +284,42 @@ impl OutboundClient {
             headers,
             body: Bytes::from(body),
         })
+    }
+}
+
+/// Answers to a trace export larger than this are refused (a collector answers
+/// a few bytes).
+const MAX_EXPORT_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The OTLP exporter's HTTP client (`observability::otel`): trace exports take
+/// the same pool, connect timeout and answer-size bound as every other call.
+/// The export's time is bounded by its caller, the end-of-invocation flush.
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OutboundClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let mut response = self
+            .http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await?;
+        let mut answer = http::Response::builder().status(response.status());
+        if let Some(headers) = answer.headers_mut() {
+            *headers = response.headers().clone();
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if bytes.len() + chunk.len() > MAX_EXPORT_ANSWER_BYTES {
+                return Err(Box::new(OutboundError::TooLarge(MAX_EXPORT_ANSWER_BYTES)));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(answer.body(Bytes::from(bytes))?)
     }
 }
 

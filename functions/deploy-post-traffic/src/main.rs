@@ -6,12 +6,13 @@ use deploy_post_traffic::handler::{Deps, handle};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
-use sophia_shared::observability::{deadline_from_epoch_ms, init_logging};
+use sophia_shared::observability::{deadline_from_epoch_ms, invocation};
+use sophia_shared::startup::init_observability;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_logging();
     let env = Env::new(&ProcessEnv);
+    init_observability(env!("CARGO_PKG_NAME"), &env)?;
     let sdk = load_sdk_config(AwsSettings::from_env(&env)?).await;
     let deps = Deps::from_env(&env, &sdk)
         .inspect_err(|error| tracing::error!(%error, "invalid configuration"))?;
@@ -19,7 +20,13 @@ async fn main() -> Result<(), Error> {
         // Lambda's deadline; a missing or past one (cargo lambda watch sends
         // none) gives the journey two minutes.
         let deadline = deadline_from_epoch_ms(event.context.deadline, Duration::from_secs(120));
-        handle(&deps, event.payload, deadline)
+        let id = event.context.request_id.clone();
+        invocation(
+            env!("CARGO_PKG_NAME"),
+            "other",
+            id,
+            handle(&deps, event.payload, deadline),
+        )
     }))
     .await
 }

@@ -28,9 +28,9 @@ use sophia_shared::fleet::client::FleetClient;
 use sophia_shared::guard::quota::Quotas;
 use sophia_shared::inference::budget::Budgets;
 use sophia_shared::inference::usage::{PriceTable, Usage, UsageRecorder};
-use sophia_shared::jobs::store::JobStore;
+use sophia_shared::jobs::store::{JobStore, TRACEPARENT_ATTRIBUTE};
 use sophia_shared::jobs::{Claim, FailureKind, Job, JobMessage};
-use sophia_shared::observability::{MetricSet, RequestContext, TraceContext};
+use sophia_shared::observability::{MetricSet, RequestContext, TraceContext, otel};
 use sophia_shared::problem::ApiError;
 use sophia_shared::startup::InitError;
 use tracing::Instrument;
@@ -157,7 +157,15 @@ async fn run_record(
         tracing::error!(body_bytes = body.len(), "poison message: not a job message");
         return Outcome::Retry("not a job message".to_owned());
     };
-    let span = tracing::info_span!("job", job_id = %message.job_id);
+    let span = tracing::info_span!("job", otel.kind = "consumer", job_id = %message.job_id);
+    // The trace of the request that submitted the job, when it came with one.
+    if let Some(traceparent) = record
+        .message_attributes
+        .get(TRACEPARENT_ATTRIBUTE)
+        .and_then(|attribute| attribute.string_value.as_deref())
+    {
+        otel::continue_from_traceparent(&span, traceparent);
+    }
     run_job(deps, record, &message, invocation, deadline_ms)
         .instrument(span)
         .await
@@ -288,7 +296,7 @@ async fn call_fleet(
     let ctx = RequestContext {
         request_id: job.id.clone(),
         correlation_id: job.id.clone(),
-        trace: TraceContext::from_headers(&Default::default(), None),
+        trace: TraceContext::of_current_span(),
         deadline: sophia_shared::observability::deadline_from_epoch_ms(
             deadline_ms,
             Duration::from_secs(900),

@@ -79,7 +79,7 @@ async fn run_record(deps: &Deps, record: &SqsMessage, deadline: std::time::Insta
     let ctx = RequestContext {
         request_id: id.clone(),
         correlation_id: id,
-        trace: TraceContext::from_headers(&Default::default(), None),
+        trace: TraceContext::of_current_span(),
         deadline,
     };
     let outcome = match deps.memory.fill_vector(&message, &ctx).await {

@@ -24,6 +24,7 @@ use crate::fleet::stream::{ByteStream, FleetStream};
 use crate::guard::bulkhead::{Bulkhead, BulkheadPermit};
 use crate::observability::{CORRELATION_HEADER, MetricSet, RequestContext, TRACEPARENT_HEADER};
 use crate::outbound::OutboundClient;
+use tracing::Instrument;
 
 const METRICS_NAMESPACE: &str = "Sophia";
 
@@ -443,7 +444,16 @@ impl FleetClient {
                 .attempt_timeout
                 .min(ctx.remaining(self.settings.deadline_margin));
             let started = Instant::now();
-            let outcome = attempt(state, timeout, token.clone()).await;
+            // One span per attempt: the `traceparent` the endpoint gets names it.
+            let span = tracing::info_span!(
+                "fleet attempt",
+                otel.kind = "client",
+                endpoint = %name,
+                outcome = tracing::field::Empty,
+            );
+            let outcome = attempt(state, timeout, token.clone())
+                .instrument(span.clone())
+                .await;
             let latency = started.elapsed();
             let (success, word) = match &outcome {
                 Ok(_) => (Some(true), "ok"),
@@ -468,6 +478,7 @@ impl FleetClient {
                 };
                 report_transition(name, transition);
             }
+            span.record("outcome", word);
             emit_attempt_metric(name, word, latency, ctx);
             match outcome {
                 Err(AttemptError::Unauthorized) if !refreshed => {
@@ -535,7 +546,7 @@ impl FleetClient {
         let mut request = self
             .http
             .post(url)
-            .header(TRACEPARENT_HEADER, ctx.trace.traceparent())
+            .header(TRACEPARENT_HEADER, ctx.trace.traceparent_now())
             .header(CORRELATION_HEADER, ctx.correlation_id.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(bytes);

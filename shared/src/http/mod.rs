@@ -30,7 +30,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use tracing::Instrument;
 
 use crate::guard::ratelimit::{Decision, PendingDecision};
-use crate::observability::{self, MetricSet, RequestContext, TraceContext};
+use crate::observability::{self, MetricSet, RequestContext, TraceContext, otel};
 use crate::problem::ApiError;
 use policy::HttpPolicy;
 use request::{ApiRequest, client_ip};
@@ -90,7 +90,7 @@ where
         policy.default_budget,
     );
     let xray = lambda.and_then(|context| context.xray_trace_id.clone());
-    let ctx = RequestContext {
+    let mut ctx = RequestContext {
         request_id,
         correlation_id: observability::correlation_id(request.headers()),
         trace: TraceContext::from_headers(request.headers(), xray.as_deref()),
@@ -100,13 +100,22 @@ where
     let path = request_path(&request);
     let span = tracing::info_span!(
         "request",
+        // Renamed after the route template once routed: paths carry IDs.
+        otel.name = %method,
+        otel.kind = "server",
         request_id = %ctx.request_id,
         correlation_id = %ctx.correlation_id,
-        trace_id = %ctx.trace.trace_id,
+        trace_id = tracing::field::Empty,
         method = %method,
         path = %path,
+        route = tracing::field::Empty,
         tenant = tracing::field::Empty,
     );
+    // Exported spans continue the caller's trace, and the IDs in logs and in
+    // every `traceparent` sent on are the exported span's.
+    otel::continue_trace(&span, &ctx.trace);
+    ctx.trace.adopt(&span);
+    span.record("trace_id", ctx.trace.trace_id.as_str());
     let correlation_id = ctx.correlation_id.clone();
     let origin = request
         .headers()
@@ -117,6 +126,9 @@ where
     async move {
         let (template, outcome, limit) =
             route_and_handle(policy, routes, request, ctx, handler).await;
+        let span = tracing::Span::current();
+        otel::rename(&span, || format!("{method} {template}"));
+        span.record("route", template);
         let mut response = match outcome {
             Ok(response) => response,
             Err(error) => problem_response(&error, &correlation_id, &path),

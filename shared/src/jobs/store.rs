@@ -18,6 +18,8 @@ pub const OUTBOX_INDEX: &str = "outbox";
 /// Outbox entries are spread over this many index partitions, so that a burst of
 /// submissions does not make one GSI partition hot.
 const OUTBOX_SHARDS: u8 = 8;
+/// The message attribute carrying the sender's W3C trace context.
+pub const TRACEPARENT_ATTRIBUTE: &str = "traceparent";
 /// The jobs table's index by tenant and status (counts for the dashboard).
 const STATUS_INDEX: &str = "by_tenant_status";
 /// DynamoDB items are limited to 400 KB; a result above this is refused.
@@ -195,10 +197,22 @@ impl JobStore {
             job_id: id.to_owned(),
         })
         .map_err(|e| e.to_string())?;
+        // The trace travels with the message: the worker's run of the job is a
+        // child of the span that sent it (the submitting request, when traced).
+        let trace = crate::observability::otel::current_traceparent().map(|traceparent| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(traceparent)
+                .build()
+        });
         self.sqs
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
+            .set_message_attributes(match trace {
+                Some(Ok(value)) => Some([(TRACEPARENT_ATTRIBUTE.to_owned(), value)].into()),
+                _ => None,
+            })
             .send()
             .await
             .map_err(crate::aws::error_text)?;

@@ -4,6 +4,10 @@
 //! [`emf_datums`] and [`put_emf`]: CloudWatch's EMF extraction, which in AWS
 //! turns the functions' EMF log lines into metrics; locally they are put into
 //! the local CloudWatch.
+//!
+//! [`traces`]: an OTLP/HTTP trace receiver standing in for X-Ray or a collector.
+
+pub mod traces;
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
 use serde_json::Value;

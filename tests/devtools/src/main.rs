@@ -14,6 +14,10 @@
 //! can also come from `SMOKE_API_KEY` (a deployed stack's key stays out of
 //! the process list and the shell history).
 //!
+//! `sophia-dev traces --port 4318 --log .local/traces.log` receives the
+//! functions' OpenTelemetry spans over OTLP/HTTP and shows them as trees at
+//! `http://127.0.0.1:4318/` (`devtools::traces`).
+//!
 //! `sophia-dev event-source --queue-url URL --function worker-inference --invoke
 //! http://127.0.0.1:9000` stands in for Lambda's SQS event source mapping (moto
 //! cannot run one without Docker): it long-polls the queue, invokes the function
@@ -93,6 +97,14 @@ enum Command {
         #[arg(long)]
         log: PathBuf,
     },
+    /// Receive OTLP/HTTP traces on 127.0.0.1 and show them at `/` (runs until stopped).
+    Traces {
+        #[arg(long, default_value_t = 4318)]
+        port: u16,
+        /// Also append one line per span here.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -112,6 +124,7 @@ async fn main() -> ExitCode {
             batch_size,
         } => event_source(&env, &queue_url, &function, &invoke, batch_size).await,
         Command::ShipEmf { log } => ship_emf(&env, &log).await,
+        Command::Traces { port, log } => traces(port, log).await,
         Command::Smoke {
             base,
             api_key_file,
@@ -247,6 +260,7 @@ async fn event_source(
             .max_number_of_messages(batch_size)
             .wait_time_seconds(1)
             .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
             .send()
             .await;
         let messages = match received {
@@ -276,12 +290,31 @@ async fn event_source(
                             .collect()
                     })
                     .unwrap_or_default();
+                // As Lambda passes them: the sender's trace context travels here.
+                let message_attributes: serde_json::Map<String, Value> = message
+                    .message_attributes()
+                    .map(|all| {
+                        all.iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    json!({
+                                        "stringValue": v.string_value(),
+                                        "dataType": v.data_type(),
+                                        "stringListValues": [],
+                                        "binaryListValues": [],
+                                    }),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 json!({
                     "messageId": message.message_id(),
                     "receiptHandle": message.receipt_handle(),
                     "body": message.body(),
                     "attributes": attributes,
-                    "messageAttributes": {},
+                    "messageAttributes": message_attributes,
                     "eventSource": "aws:sqs",
                     "eventSourceARN": format!("arn:aws:sqs:local:000000000000:{}", queue_url.rsplit('/').next().unwrap_or_default()),
                     "awsRegion": "us-east-1",
@@ -340,6 +373,18 @@ async fn event_source(
             failed.len()
         );
     }
+}
+
+async fn traces(port: u16, log: Option<PathBuf>) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("listening on 127.0.0.1:{port}: {e}"))?;
+    println!(
+        "  traces: OTLP/HTTP on http://127.0.0.1:{port}/v1/traces, trees at http://127.0.0.1:{port}/"
+    );
+    devtools::traces::serve(listener, devtools::traces::Collected::default(), log)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn ship_emf(env: &Env<'_>, log: &PathBuf) -> Result<(), String> {

@@ -115,9 +115,20 @@ pub struct Sim {
     /// The body of the last inference request, as received (tests check what
     /// was forwarded).
     last_request: std::sync::Mutex<Option<Value>>,
+    /// The `traceparent` of every request that carried one, in order (tests
+    /// check which span the caller named as parent).
+    traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 impl Sim {
+    /// Every `traceparent` received so far.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.traceparents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Takes one use of the current fault (decrementing `count`), if any applies.
     async fn take_fault(&self) -> Fault {
         let mut control = self.control.lock().await;
@@ -379,6 +390,12 @@ pub(crate) async fn gate(
     needs_auth: bool,
 ) -> Result<Faulted, Response> {
     sim.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        sim.traceparents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(traceparent.to_owned());
+    }
     let faulted = apply_fault(sim).await;
     if needs_auth && !sim.authorized(headers).await {
         sim.counters.unauthorized.fetch_add(1, Ordering::Relaxed);

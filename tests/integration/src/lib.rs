@@ -456,6 +456,7 @@ pub async fn receive_batch_hidden_for(
         .set_visibility_timeout(visibility_secs)
         .wait_time_seconds(0)
         .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
         .send()
         .await
         .expect("receive");
@@ -471,6 +472,12 @@ pub async fn receive_batch_hidden_for(
                     .attributes
                     .insert(name.as_str().to_owned(), value.clone());
             }
+        }
+        for (name, value) in message.message_attributes().into_iter().flatten() {
+            let mut attribute = aws_lambda_events::event::sqs::SqsMessageAttribute::default();
+            attribute.string_value = value.string_value().map(str::to_owned);
+            attribute.data_type = Some(value.data_type().to_owned());
+            record.message_attributes.insert(name.clone(), attribute);
         }
         event.records.push(record);
     }

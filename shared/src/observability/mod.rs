@@ -3,10 +3,18 @@
 //!
 //! Every log line written inside a request span carries `request_id`,
 //! `correlation_id` and `trace_id` (via the span list of the JSON formatter), so
-//! CloudWatch Logs Insights can follow one request across functions.
+//! CloudWatch Logs Insights can follow one request across functions. With an
+//! OTLP endpoint configured, the same spans are exported as OpenTelemetry
+//! traces ([`otel`]).
 
+pub mod otel;
+
+use std::future::Future;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::Instrument;
 
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
@@ -16,26 +24,81 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 pub const XRAY_HEADER: &str = "x-amzn-trace-id";
 const MAX_CORRELATION_ID_LEN: usize = 128;
 
-/// Installs the JSON log subscriber once per cold start. The level comes from
-/// `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+/// Installs the JSON log subscriber once per cold start, without traces (see
+/// [`init`]).
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    let _ = init("sophia", None);
+}
+
+/// Installs the subscriber once per cold start: JSON logs whose level comes from
+/// `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`; and, given an
+/// exporter, OpenTelemetry spans of `service` from every `info` span (whatever
+/// the log level). A second init in a process (tests) keeps the first.
+pub fn init(
+    service: &str,
+    otel: Option<(&otel::OtelSettings, Arc<dyn opentelemetry_http::HttpClient>)>,
+) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::LevelFilter};
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
         .map(|level| level.to_ascii_lowercase())
         .unwrap_or_else(|| "info".to_owned());
-    let subscriber = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(EnvFilter::new(filter))
         .with_current_span(false)
         .with_span_list(true)
         .flatten_event(true)
         .with_target(false)
         .with_writer(std::io::stdout)
-        .finish();
+        .with_filter(EnvFilter::new(filter));
+    let tracer = match otel {
+        Some((settings, client)) => otel::tracer(service, settings, client)?,
+        None => None,
+    };
+    // The runtime's own per-invocation span is left out: its trace is not the
+    // caller's, so every invocation would add a one-span trace of its own.
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(LevelFilter::INFO)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                !meta.target().starts_with("lambda_runtime")
+                    && !meta.target().starts_with("lambda_http")
+            }))
+    });
+    let subscriber = tracing_subscriber::registry().with(logs).with(traces);
     // A second init (tests, or a library calling it twice) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    Ok(())
+}
+
+/// Runs one invocation's `work`, then exports the spans finished so far
+/// ([`otel::flush`], bounded, never failing it).
+pub async fn flushed<F: Future>(work: F) -> F::Output {
+    let output = work.await;
+    otel::flush().await;
+    output
+}
+
+/// [`flushed`] inside an `invocation` span: the root span of an event-driven
+/// function's invocation (`trigger`: `pubsub` for queues, `timer` for
+/// schedules, `other`), named after the function.
+pub async fn invocation<F: Future>(
+    function: &str,
+    trigger: &'static str,
+    request_id: String,
+    work: F,
+) -> F::Output {
+    let span = tracing::info_span!(
+        "invocation",
+        otel.name = %function,
+        otel.kind = "server",
+        faas.trigger = trigger,
+        faas.invocation_id = %request_id,
+    );
+    flushed(work.instrument(span)).await
 }
 
 /// W3C trace context of the current request: the trace ID we continue (or start)
@@ -47,6 +110,8 @@ pub struct TraceContext {
     /// 16 lowercase hex digits: this function's span.
     pub span_id: String,
     pub sampled: bool,
+    /// The caller's span, when the request continues a trace.
+    pub parent_span_id: Option<String>,
 }
 
 impl TraceContext {
@@ -60,10 +125,33 @@ impl TraceContext {
         if let Some(parsed) = header(XRAY_HEADER).or(xray_fallback).and_then(parse_xray) {
             return parsed;
         }
+        Self::new_trace()
+    }
+
+    /// A trace of its own.
+    pub fn new_trace() -> Self {
         Self {
             trace_id: random_hex(16),
             span_id: random_hex(8),
             sampled: false,
+            parent_span_id: None,
+        }
+    }
+
+    /// The trace of the current span, when it is exported ([`otel`]); else a new one.
+    pub fn of_current_span() -> Self {
+        let mut trace = Self::new_trace();
+        trace.adopt(&tracing::Span::current());
+        trace
+    }
+
+    /// Takes `span`'s trace and span IDs when it is exported ([`otel`]), so the
+    /// IDs in logs and in `traceparent` are the exported span's.
+    pub fn adopt(&mut self, span: &tracing::Span) {
+        if let Some((trace_id, span_id)) = otel::ids_of(span) {
+            self.trace_id = trace_id;
+            self.span_id = span_id;
+            self.sampled = true;
         }
     }
 
@@ -71,6 +159,12 @@ impl TraceContext {
     pub fn traceparent(&self) -> String {
         let flags = if self.sampled { "01" } else { "00" };
         format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    }
+
+    /// The `traceparent` of the current span (say, one fleet attempt's) when
+    /// spans are exported, else [`Self::traceparent`].
+    pub fn traceparent_now(&self) -> String {
+        otel::current_traceparent().unwrap_or_else(|| self.traceparent())
     }
 }
 
@@ -83,7 +177,7 @@ fn is_lower_hex(value: &str, len: usize) -> bool {
 
 fn parse_traceparent(value: &str) -> Option<TraceContext> {
     let mut parts = value.trim().split('-');
-    let (version, trace_id, _parent, flags) =
+    let (version, trace_id, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
     if version != "00" || !is_lower_hex(trace_id, 32) || all_zero(trace_id) {
@@ -97,6 +191,7 @@ fn parse_traceparent(value: &str) -> Option<TraceContext> {
         trace_id: trace_id.to_owned(),
         span_id: random_hex(8),
         sampled,
+        parent_span_id: (is_lower_hex(parent, 16) && !all_zero(parent)).then(|| parent.to_owned()),
     })
 }
 
@@ -104,10 +199,12 @@ fn parse_traceparent(value: &str) -> Option<TraceContext> {
 /// epoch and unique parts concatenated are exactly a W3C trace ID.
 fn parse_xray(value: &str) -> Option<TraceContext> {
     let mut root = None;
+    let mut parent = None;
     let mut sampled = false;
     for field in value.split(';') {
         match field.trim().split_once('=') {
             Some(("Root", v)) => root = Some(v),
+            Some(("Parent", v)) if is_lower_hex(v, 16) => parent = Some(v.to_owned()),
             Some(("Sampled", v)) => sampled = v == "1",
             _ => {}
         }
@@ -121,6 +218,7 @@ fn parse_xray(value: &str) -> Option<TraceContext> {
         trace_id: format!("{epoch}{unique}"),
         span_id: random_hex(8),
         sampled,
+        parent_span_id: parent,
     })
 }
 
@@ -310,6 +408,7 @@ mod tests {
         )]);
         let trace = TraceContext::from_headers(&h, None);
         assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert!(trace.sampled);
         assert_ne!(trace.span_id, "00f067aa0ba902b7");
         assert!(
@@ -327,6 +426,7 @@ mod tests {
         )]);
         let trace = TraceContext::from_headers(&h, None);
         assert_eq!(trace.trace_id, "5759e988bd862e3fe1be46a994272793");
+        assert_eq!(trace.parent_span_id.as_deref(), Some("53995c3f42cd8ad8"));
     }
 
     #[test]
