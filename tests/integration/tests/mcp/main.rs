@@ -702,6 +702,46 @@ async fn each_principal_has_a_rate_per_tool() {
     );
 }
 
+/// A spent budget (issue 14): the tools that spend answer `isError` naming the
+/// budget and its reset time; the others keep working.
+#[tokio::test]
+async fn a_spent_budget_stops_the_spending_tools_only() {
+    let g = setup(&[]).await;
+    let token = g.token("acme", &EVERY_SCOPE).await;
+    let platform = g.token("platform", &["admin", "platform"]).await;
+    let (status, _) = g
+        .admin(
+            &platform,
+            "PUT",
+            "/v1/admin/tenants/acme/budget",
+            json!({"monthly_usd": 0.000001}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let request = json!({"model": "sophia-small", "messages": [{"role": "user", "content": "hi"}]});
+    // The call that crosses the budget completes; the next ones are refused.
+    let crossing = g.call(&token, "chat_complete", request.clone()).await;
+    assert_eq!(crossing.result()["isError"], false);
+    let job = json!({"request": request.clone()});
+    for (tool, arguments) in [("chat_complete", request), ("job_submit", job)] {
+        let refused = g.call(&token, tool, arguments).await;
+        let refused = refused.result();
+        assert_eq!(refused["isError"], true, "{tool}: {refused}");
+        assert_eq!(
+            refused["structuredContent"]["error"]["type"],
+            "budget-exceeded"
+        );
+        assert!(
+            text(refused).contains("monthly budget is spent"),
+            "{refused}"
+        );
+    }
+    let recall = g
+        .call(&token, "memory_recall", json!({"query": "anything"}))
+        .await;
+    assert_eq!(recall.result()["isError"], false, "reads keep working");
+}
+
 #[tokio::test]
 async fn the_sample_events_answer_as_documented() {
     let g = setup(&[]).await;
