@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= auto
 FN    ?= api-health
 EVENT ?= health
 
-.PHONY: help setup browser dev token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy rollback deploy-function bench clean
+.PHONY: help setup browser dev chaos token probe sweep drift secret-audit slo rotate fuzz api-fuzz test lint unit cfn-lint deploy-checks stack-checks stop-checks smoke build sizes invoke provision deploy rollback deploy-function bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,10 @@ browser: ## Debian's Chromium for the dashboard's browser test (installed with a
 		[ "$$(id -u)" = 0 ] || { echo "the browser test needs Chromium: apt-get install chromium (as root)" >&2; exit 2; }; \
 		echo "==> installing Debian's chromium (apt-get; a minute or two)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+CHAOS_SECONDS ?= 180
+chaos: setup ## steady mixed traffic while faults come and go, on a dev stack of its own; invariants from the stored state (CHAOS_SECONDS, default 180; report in target/chaos-report.txt)
+	@CHAOS_SECONDS=$(CHAOS_SECONDS) tools/with-dev-stack.sh tools/chaos.sh
 
 stop-checks: setup ## make dev stopped by TERM/INT to its process group and TERM to make alone leaves no process and no port
 	@tools/stop-checks.sh

@@ -53,6 +53,7 @@ for port in "$api_port" "$aws_port" "${sim_ports[@]}" "$mcp_port" "$codedeploy_p
   fi
 done
 
+rm -f "$state_dir/parts"
 pids=()
 cleanup() {
   # Ignore further signals: a supervisor, make and the process group may all
@@ -82,6 +83,8 @@ start() { # name, log file, command...
   setsid "$@" >"$log" 2>&1 &
   pids+=($!)
   printf '  %-18s pid %-7s log %s\n' "$name" "$!" "${log#"$root"/}"
+  # Which process is which part, for tools that stop and restart one (make chaos).
+  printf '%s %s\n' "$name" "$!" >> "$state_dir/parts"
 }
 
 # Whoever started this script (make, a supervisor, tools/with-dev-stack.sh)

@@ -13,3 +13,5 @@ echo "==> the dashboard page in Chromium"
 node tools/node/dashboard_check.mjs
 echo "==> API fuzzing (schemathesis)"
 tools/api-fuzz.sh
+echo "==> a short chaos round (make chaos runs the whole one)"
+CHAOS_SECONDS=${CHAOS_SHORT_SECONDS:-30} CHAOS_REPORT=target/chaos-report-short.txt tools/chaos.sh

@@ -26,6 +26,9 @@ export RATE_LIMIT_PRINCIPAL_PER_MIN=${RATE_LIMIT_PRINCIPAL_PER_MIN:-60000}
 export RATE_LIMIT_PRINCIPAL_BURST=${RATE_LIMIT_PRINCIPAL_BURST:-6000}
 export RATE_LIMIT_IP_PER_MIN=${RATE_LIMIT_IP_PER_MIN:-60000}
 export RATE_LIMIT_IP_BURST=${RATE_LIMIT_IP_BURST:-6000}
+# Answers whose function died before billing them are billed by the sweep after
+# a minute here, not 16 (the chaos round checks nothing stays owed).
+export SWEEP_UNBILLED_AFTER_SECS=${SWEEP_UNBILLED_AFTER_SECS:-60}
 export SOPHIA_BASE=http://127.0.0.1:$SOPHIA_PORT
 log=$SOPHIA_STATE_DIR/dev.log
 ready_within=${SOPHIA_READY_WITHIN_SECS:-900}

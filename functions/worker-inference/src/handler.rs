@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use sophia_shared::aws::batch::{Outcome, message_id, process_batch};
+use sophia_shared::aws::batch::{Outcome, RetryDelay, message_id, process_batch, receive_count};
 use sophia_shared::clock::now_ms;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::fleet::client::FleetClient;
@@ -47,18 +47,30 @@ pub struct WorkerSettings {
     pub visibility_extension_secs: i32,
     /// The queue's `maxReceiveCount`: the delivery after which SQS dead-letters.
     pub max_receive_count: u32,
+    /// A job the fleet failed is delivered again after this many seconds,
+    /// doubled with each delivery (at most the visibility extension), not
+    /// after the queue's whole visibility timeout.
+    pub retry_delay_secs: i32,
 }
 
 impl WorkerSettings {
     /// `WORKER_CONCURRENCY` (10), `JOB_HEARTBEAT_SECS` (30),
-    /// `JOB_VISIBILITY_EXTENSION_SECS` (180), `JOBS_MAX_RECEIVE_COUNT` (5, as in infra).
+    /// `JOB_VISIBILITY_EXTENSION_SECS` (180), `JOBS_MAX_RECEIVE_COUNT` (5, as in infra),
+    /// `JOB_RETRY_DELAY_SECS` (15).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let settings = Self {
             concurrency: env.parse_or("WORKER_CONCURRENCY", 10)?,
             heartbeat: Duration::from_secs(env.parse_or("JOB_HEARTBEAT_SECS", 30)?),
             visibility_extension_secs: env.parse_or("JOB_VISIBILITY_EXTENSION_SECS", 180)?,
             max_receive_count: env.parse_or("JOBS_MAX_RECEIVE_COUNT", 5)?,
+            retry_delay_secs: env.parse_or("JOB_RETRY_DELAY_SECS", 15)?,
         };
+        if !(0..=43_200).contains(&settings.retry_delay_secs) {
+            return Err(ConfigError::new(
+                "JOB_RETRY_DELAY_SECS",
+                "must be 0 to 43200 (SQS's limit)",
+            ));
+        }
         if settings.concurrency == 0 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
         }
@@ -178,11 +190,7 @@ async fn run_job(
     invocation: &str,
     deadline_ms: u64,
 ) -> Outcome {
-    let receive_count: u32 = record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(1);
+    let receive_count = receive_count(record);
     let owner = format!(
         "{invocation}/{}",
         record.message_id.as_deref().unwrap_or_default()
@@ -234,9 +242,21 @@ async fn run_job(
                 {
                     tracing::error!(%error, "marking the job dead-lettered failed");
                 }
-            } else if let Err(error) = deps.jobs.release(&job.id, attempt, &reason).await {
-                // The lease expires on its own; the retry can claim it then.
-                tracing::warn!(%error, "releasing the job failed");
+            } else {
+                if let Err(error) = deps.jobs.release(&job.id, attempt, &reason).await {
+                    // The lease expires on its own; the retry can claim it then.
+                    tracing::warn!(%error, "releasing the job failed");
+                }
+                // Back soon rather than after the queue's visibility timeout
+                // (minutes): a fleet outage is often over in seconds.
+                let delay = RetryDelay {
+                    base_secs: deps.settings.retry_delay_secs,
+                    cap_secs: deps.settings.visibility_extension_secs,
+                }
+                .after(receive_count);
+                if let Err(error) = deps.jobs.extend_visibility(&receipt, delay).await {
+                    tracing::warn!(%error, "shortening the retry's wait failed; the visibility timeout applies");
+                }
             }
             Outcome::Retry(reason)
         }
@@ -388,11 +408,13 @@ mod tests {
         let settings = WorkerSettings::from_env(&Env::new(&[("_", "")])).unwrap();
         assert_eq!(settings.concurrency, 10);
         assert_eq!(settings.max_receive_count, 5);
+        assert_eq!(settings.retry_delay_secs, 15);
         for (name, bad) in [
             ("WORKER_CONCURRENCY", "0"),
             ("JOB_HEARTBEAT_SECS", "0"),
             ("JOB_VISIBILITY_EXTENSION_SECS", "50000"),
             ("JOBS_MAX_RECEIVE_COUNT", "0"),
+            ("JOB_RETRY_DELAY_SECS", "-1"),
         ] {
             let error = WorkerSettings::from_env(&Env::new(&[(name, bad)])).unwrap_err();
             assert_eq!(error.variable, name);

@@ -15,6 +15,14 @@
 //! bills those; an entry without figures (the crash came before the answer was
 //! known) is billed with the prompt's estimated tokens and marked recovered.
 //!
+//! An entry whose write timed out may still land later (a timeout is not a
+//! refusal: the local AWS paused for 3 s, seen by `make chaos`, writes it when
+//! it resumes). So a request whose entry could not be confirmed is billed (or
+//! closed) with a tombstone put at the entry's key in the same transaction,
+//! instead of a delete: the late write's `attribute_not_exists` condition
+//! then fails, or the tombstone replaces what it wrote, and the recovery never
+//! bills the request a second time ([`Ledger::settle_unconfirmed`]).
+//!
 //! Entries live in the usage table under `unsettled#<yyyy-mm-dd>#<shard>`, the
 //! day they were opened and one of [`SHARDS`] shards (so no single partition
 //! key takes every request's write), sorted by request ID; a TTL drops any
@@ -22,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 
 use crate::aws::dynamo::{
     TransactFailure, collision_backoff, error_text, n, query_all, s, transact_once,
@@ -162,6 +170,51 @@ impl Ledger {
             .map_err(error_text)
     }
 
+    /// The tombstone at `owed`'s key: no entry can be written there any more,
+    /// and the recovery skips it. It replaces an entry, but not another
+    /// tombstone: a billing transaction applied twice (an SDK retry of one
+    /// whose answer was lost) is cancelled the second time.
+    fn tombstone(&self, owed: &Owed) -> Result<Put, String> {
+        let mut item = owed.key();
+        item.insert("settled".to_owned(), AttributeValue::Bool(true));
+        item.insert("expires_at".to_owned(), n(owed.opened_at + RETENTION_SECS));
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(settled)")
+            .build()
+            .map_err(|error| error.to_string())
+    }
+
+    /// Closes a request whose entry may or may not have been written (its
+    /// write failed, perhaps only on our side) and that got no answer.
+    pub async fn close_unconfirmed(&self, owed: &Owed) -> Result<(), String> {
+        let put = self.tombstone(owed)?;
+        let written = self
+            .dynamodb
+            .put_item()
+            .table_name(put.table_name())
+            .set_item(Some(put.item().clone()))
+            .set_condition_expression(put.condition_expression().map(str::to_owned))
+            .send()
+            .await;
+        unless_condition_failed(written)
+    }
+
+    /// Applies `billing` for a request whose entry may or may not have been
+    /// written, with a tombstone at its key in the same transaction: billed
+    /// exactly once whether the entry landed before, lands later, or never.
+    pub async fn settle_unconfirmed(
+        &self,
+        owed: &Owed,
+        billing: Vec<Update>,
+    ) -> Result<Settled, String> {
+        let close = TransactWriteItem::builder()
+            .put(self.tombstone(owed)?)
+            .build();
+        self.bill(owed, close, billing, None).await
+    }
+
     /// Deletes the entry and applies `billing` in one transaction, exactly once.
     /// `tokens` are stored on the entry if the transaction keeps colliding.
     pub async fn settle(
@@ -176,14 +229,27 @@ impl Ledger {
             .condition_expression("attribute_exists(pk)")
             .build()
             .map_err(|error| error.to_string())?;
-        let items: Vec<TransactWriteItem> =
-            std::iter::once(TransactWriteItem::builder().delete(delete).build())
-                .chain(
-                    billing
-                        .into_iter()
-                        .map(|update| TransactWriteItem::builder().update(update).build()),
-                )
-                .collect();
+        let close = TransactWriteItem::builder().delete(delete).build();
+        self.bill(owed, close, billing, Some(tokens)).await
+    }
+
+    /// `close` (the entry's delete or tombstone) and `billing` in one
+    /// transaction, tried again when it collides; `tokens` are stored on the
+    /// entry if it keeps colliding (none: the recovery will find nothing).
+    async fn bill(
+        &self,
+        owed: &Owed,
+        close: TransactWriteItem,
+        billing: Vec<Update>,
+        tokens: Option<Tokens>,
+    ) -> Result<Settled, String> {
+        let items: Vec<TransactWriteItem> = std::iter::once(close)
+            .chain(
+                billing
+                    .into_iter()
+                    .map(|update| TransactWriteItem::builder().update(update).build()),
+            )
+            .collect();
         for attempt in 1..=SETTLE_ATTEMPTS {
             let codes = match transact_once(&self.dynamodb, &items).await {
                 Ok(()) => return Ok(Settled::Billed),
@@ -201,8 +267,16 @@ impl Ledger {
             tracing::info!(?codes, attempt, "settling usage collided; trying again");
             collision_backoff(attempt).await;
         }
-        self.store_figures(owed, tokens).await?;
-        Ok(Settled::Deferred)
+        match tokens {
+            Some(tokens) => {
+                self.store_figures(owed, tokens).await?;
+                Ok(Settled::Deferred)
+            }
+            None => Err(format!(
+                "billing request {} kept colliding with other writes of its tenant",
+                owed.request_id
+            )),
+        }
     }
 
     /// Keeps the answer's usage on the entry, so the recovery bills the real figures.
@@ -235,7 +309,7 @@ impl Ledger {
                     .query()
                     .table_name(&self.table)
                     .key_condition_expression("pk = :pk")
-                    .filter_expression("opened_at <= :cutoff")
+                    .filter_expression("opened_at <= :cutoff AND attribute_not_exists(settled)")
                     .expression_attribute_values(":pk", s(&partition(&date, shard)))
                     .expression_attribute_values(":cutoff", n(cutoff));
                 let items = query_all(query).await.map_err(error_text)?;

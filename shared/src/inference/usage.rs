@@ -81,7 +81,8 @@ pub struct Billing {
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub owed: Owed,
-    /// Whether the ledger entry was written (else billing is inline, as [`Billing::account`]).
+    /// Whether the ledger entry's write was confirmed (else it may still land,
+    /// and billing puts a tombstone in its place).
     pub opened: bool,
     /// The answer's usage; `None`: no answer, nothing to bill.
     pub usage: Option<Usage>,
@@ -132,25 +133,16 @@ impl Billing {
         })
     }
 
-    /// Records the usage of one answer: tokens and cost in the usage table,
-    /// tokens against the daily quota, and as metrics. A failure is logged with
-    /// the figures (so it can be replayed) but does not fail an answer the
-    /// caller already has.
+    /// Records the usage of one answer that had no ledger entry (embeddings, a
+    /// tool's completion): tokens and cost in the usage table, tokens against
+    /// the daily quota, and as metrics, in one transaction with a tombstone of
+    /// its own, so an SDK retry of a write that did land (its answer lost in a
+    /// timeout) cannot bill it twice. A failure is logged with the figures (so
+    /// it can be replayed) but does not fail an answer the caller already has.
     pub async fn account(&self, tenant: &str, model: &str, usage: &Usage) {
-        let cost = self.prices.cost_micro_usd(model, usage);
-        self.emit(tenant, model, usage, cost);
-        let tokens = usage.prompt_tokens + usage.completion_tokens;
-        let (recorded, counted) = futures_util::join!(
-            self.usage.record(tenant, model, usage, cost),
-            self.quotas.add_tokens(tenant, tokens),
-        );
-        if let Err(error) = counted {
-            tracing::error!(%error, tenant, tokens, "counting tokens against the quota failed");
-        }
-        match recorded {
-            Ok(()) => self.budgets.enforce(tenant).await,
-            Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
-        }
+        let receipt = uuid::Uuid::new_v4().simple().to_string();
+        let owed = Owed::new(tenant, model, &receipt, 0);
+        self.settle(&owed, false, Some(usage)).await;
     }
 
     fn emit(&self, tenant: &str, model: &str, usage: &Usage, cost: f64) {
@@ -164,15 +156,36 @@ impl Billing {
             .emit();
     }
 
-    /// Bills a request whose entry was opened in the ledger (`opened`; if the
-    /// entry could not be written, billing falls back to [`Self::account`]):
-    /// with its answer's usage, or, without an answer, closes the entry
-    /// unbilled. Exactly once: the entry is deleted in the billing transaction.
+    /// Bills a request whose entry was opened in the ledger (`opened`; if its
+    /// write failed, a tombstone takes the entry's place, see
+    /// [`Ledger::settle_unconfirmed`]): with its answer's usage, or, without an
+    /// answer, closes the entry unbilled. Exactly once: the entry is deleted
+    /// (or replaced) in the billing transaction.
     pub async fn settle(&self, owed: &Owed, opened: bool, usage: Option<&Usage>) {
         let (tenant, model) = (owed.tenant.as_str(), owed.model.as_str());
         match (opened, usage) {
-            (false, Some(usage)) => self.account(tenant, model, usage).await,
-            (false, None) => {}
+            // The entry's write failed, perhaps only on our side (it may land
+            // later): billed, or closed, with a tombstone at its key, so the
+            // recovery can never bill it again.
+            (false, Some(usage)) => {
+                let cost = self.prices.cost_micro_usd(model, usage);
+                let billed = match self.billing_updates(owed, usage, cost, false) {
+                    Ok(updates) => self.ledger.settle_unconfirmed(owed, updates).await,
+                    Err(error) => Err(error),
+                };
+                match billed {
+                    Ok(_) => {
+                        self.emit(tenant, model, usage, cost);
+                        self.budgets.enforce(tenant).await;
+                    }
+                    Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
+                }
+            }
+            (false, None) => {
+                if let Err(error) = self.ledger.close_unconfirmed(owed).await {
+                    tracing::warn!(%error, tenant, request_id = %owed.request_id, "closing an unconfirmed ledger entry failed");
+                }
+            }
             (true, None) => {
                 if let Err(error) = self.ledger.close_unbilled(owed).await {
                     // The recovery will bill the prompt's estimate for it.
@@ -195,16 +208,17 @@ impl Billing {
         }
     }
 
-    async fn settle_owed(
+    /// The usage row's and the daily tokens' updates of one answer.
+    fn billing_updates(
         &self,
         owed: &Owed,
         usage: &Usage,
         cost: f64,
         recovered: bool,
-    ) -> Result<Settled, String> {
+    ) -> Result<Vec<Update>, String> {
         let (tenant, model) = (owed.tenant.as_str(), owed.model.as_str());
         let error = |e: aws_sdk_dynamodb::error::BuildError| e.to_string();
-        let billing = vec![
+        Ok(vec![
             self.usage
                 .update_on(owed.opened_at, tenant, model, usage, cost, recovered)
                 .map_err(error)?,
@@ -215,7 +229,17 @@ impl Billing {
                     usage.prompt_tokens + usage.completion_tokens,
                 )
                 .map_err(error)?,
-        ];
+        ])
+    }
+
+    async fn settle_owed(
+        &self,
+        owed: &Owed,
+        usage: &Usage,
+        cost: f64,
+        recovered: bool,
+    ) -> Result<Settled, String> {
+        let billing = self.billing_updates(owed, usage, cost, recovered)?;
         let tokens = Tokens {
             prompt: usage.prompt_tokens,
             completion: usage.completion_tokens,

@@ -16,6 +16,8 @@ pub struct UsageRow {
     pub completion_tokens: f64,
     pub cost_micro_usd: f64,
     pub cached_requests: f64,
+    /// Requests billed by the recovery (their function died before billing).
+    pub recovered_requests: f64,
 }
 
 /// `tenant`'s usage rows from day `first` to day `last` (`yyyy-mm-dd`, both
@@ -58,5 +60,6 @@ fn usage_row(item: &HashMap<String, AttributeValue>) -> Option<UsageRow> {
         completion_tokens: value("completion_tokens"),
         cost_micro_usd: value("cost_micro_usd"),
         cached_requests: value("cached_requests"),
+        recovered_requests: value("recovered_requests"),
     })
 }

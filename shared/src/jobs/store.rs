@@ -236,15 +236,7 @@ impl JobStore {
 
     /// Keeps a received job message hidden for `secs` more seconds (a long run's heartbeat).
     pub async fn extend_visibility(&self, receipt: &str, secs: i32) -> Result<(), String> {
-        self.sqs
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(secs)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(crate::aws::error_text)
+        crate::aws::batch::show_again_in(&self.sqs, &self.queue_url, receipt, secs).await
     }
 
     /// Jobs whose message may not have been sent, marked before `before_ms`.

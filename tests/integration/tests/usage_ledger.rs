@@ -166,6 +166,60 @@ async fn a_late_settlement_after_the_sweep_bills_nothing_twice() {
     assert_eq!(number_of(&items[0], "completion_tokens"), 0.0);
 }
 
+/// An entry whose write "failed" on our side may still land (found by `make
+/// chaos`: the local AWS paused for 3 s wrote it when it resumed). The answer
+/// is then billed with a tombstone in the entry's place, so the sweep never
+/// bills it again, whether the entry landed before the billing or after it.
+#[tokio::test]
+async fn an_entry_that_lands_after_its_write_timed_out_is_never_billed_twice() {
+    let s = setup(1, &[]).await;
+    let billing = &s.deps.inference.billing;
+    let usage = sophia_shared::inference::usage::Usage {
+        prompt_tokens: 100,
+        completion_tokens: 20,
+    };
+    // Landed before the function billed (its write only timed out on our side).
+    let early = Owed::new("tenant-c", "sophia-small", "landed-early", 40);
+    billing.ledger.open(&early).await.unwrap();
+    billing.settle(&early, false, Some(&usage)).await;
+    // The same billing applied again (an SDK retry of a write whose answer was
+    // lost in a timeout): the tombstone cancels it.
+    billing.settle(&early, false, Some(&usage)).await;
+    // Lands after the function billed: the write finds the tombstone.
+    let late = Owed::new("tenant-c", "sophia-small", "lands-late", 40);
+    billing.settle(&late, false, Some(&usage)).await;
+    billing.ledger.open(&late).await.unwrap();
+    // No answer at all, and the entry lands anyway: closed, never billed.
+    let unanswered = Owed::new("tenant-c", "sophia-small", "no-answer", 40);
+    billing.settle(&unanswered, false, None).await;
+    billing.ledger.open(&unanswered).await.unwrap();
+
+    // An answer without any entry (embeddings, a tool's completion) is billed
+    // the same way, with a receipt of its own.
+    billing.account("tenant-c", "sophia-small", &usage).await;
+
+    let report = sweep(&s.stack).await;
+    assert_eq!(
+        report.unbilled,
+        Default::default(),
+        "nothing left to recover"
+    );
+    let items = usage_items(&s.stack, "tenant-c", "usage#").await;
+    assert_eq!(
+        number_of(&items[0], "requests"),
+        3.0,
+        "the three answers, once each"
+    );
+    assert_eq!(number_of(&items[0], "prompt_tokens"), 300.0);
+    assert_eq!(number_of(&items[0], "recovered_requests"), 0.0);
+    let daily = usage_items(&s.stack, "tenant-c", "daily#").await;
+    assert_eq!(
+        number_of(&daily[0], "tokens"),
+        360.0,
+        "the quota counted once each"
+    );
+}
+
 /// A caller this instance admitted with room to spare has its next fleet call
 /// started alongside the admission writes (issue 16). When that admission
 /// refuses (here: the tenant's other callers spent the daily quota meanwhile),
