@@ -125,6 +125,26 @@ pub struct Injected {
     pub restarted: Vec<tokio::process::Child>,
     /// Parts killed and waiting to be started again, with how they were started.
     killed: Vec<(String, Launch)>,
+    /// Parts started again here: their pids now (the stack's parts file has the old).
+    replaced: Vec<(String, u32)>,
+}
+
+impl Injected {
+    /// The pid of part `name` now.
+    fn pid(&self, stack: &Stack, name: &str) -> Result<u32, String> {
+        match self.replaced.iter().rev().find(|(part, _)| part == name) {
+            Some((_, pid)) => Ok(*pid),
+            None => stack.part(name),
+        }
+    }
+
+    /// Keeps a part started again here, and its pid under the part's name.
+    fn started_again(&mut self, name: &str, child: tokio::process::Child) {
+        if let Some(pid) = child.id() {
+            self.replaced.push((name.to_owned(), pid));
+        }
+        self.restarted.push(child);
+    }
 }
 
 impl Injected {
@@ -239,12 +259,12 @@ async fn apply(
             .fault(endpoint, fault)
             .await
             .map(|()| format!("{}: on", window.name)),
-        Fault::SimDown(endpoint) => sim_down(stack, endpoint).map(|launch| {
+        Fault::SimDown(endpoint) => sim_down(stack, injected, endpoint).map(|launch| {
             injected.killed.push(((*endpoint).to_owned(), launch));
             format!("{}: killed", window.name)
         }),
         Fault::ConsumerKilled => consumer_killed(stack, injected).await,
-        Fault::ConsumerStopped => stack.part("jobs-event-source").and_then(|pid| {
+        Fault::ConsumerStopped => injected.pid(stack, "jobs-event-source").and_then(|pid| {
             signal(pid, "STOP")?;
             *paused_consumer = Some(pid);
             Ok(format!("{}: SIGSTOP", window.name))
@@ -296,8 +316,8 @@ async fn heal(
 }
 
 /// Kills an endpoint's simulator; how it was started, read before it is gone.
-fn sim_down(stack: &Stack, endpoint: &str) -> Result<Launch, String> {
-    let pid = stack.part(&format!("fleet-sim:{endpoint}"))?;
+fn sim_down(stack: &Stack, injected: &Injected, endpoint: &str) -> Result<Launch, String> {
+    let pid = injected.pid(stack, &format!("fleet-sim:{endpoint}"))?;
     let launch = Launch::of(pid)?;
     signal(pid, "KILL")?;
     Ok(launch)
@@ -316,7 +336,7 @@ async fn sim_up(stack: &Stack, endpoint: &str, injected: &mut Injected) -> Resul
         .state_dir
         .join(format!("fleet-sim-{endpoint}-restarted.log"));
     let child = launch.start(&[("FLEET_SIM_TOKEN", token)], &log)?;
-    injected.restarted.push(child);
+    injected.started_again(&format!("fleet-sim:{endpoint}"), child);
     let url = stack
         .fleet
         .iter()
@@ -352,7 +372,7 @@ async fn current_token(stack: &Stack) -> Result<String, String> {
 /// it again at once: the batch's messages come back after their visibility
 /// timeout, and its jobs must still run once in effect.
 async fn consumer_killed(stack: &Stack, injected: &mut Injected) -> Result<String, String> {
-    let pid = stack.part("jobs-event-source")?;
+    let pid = injected.pid(stack, "jobs-event-source")?;
     let launch = Launch::of(pid)?;
     // Wait (at most 10 s) for a batch in flight: a job RUNNING.
     let jobs_table = stack.var("JOBS_TABLE")?.to_owned();
@@ -367,7 +387,7 @@ async fn consumer_killed(stack: &Stack, injected: &mut Injected) -> Result<Strin
     }
     signal(pid, "KILL")?;
     let log = stack.state_dir.join("event-source-restarted.log");
-    injected.restarted.push(launch.start(&[], &log)?);
+    injected.started_again("jobs-event-source", launch.start(&[], &log)?);
     Ok(format!(
         "jobs consumer killed mid-batch ({running} job(s) running) and started again"
     ))
