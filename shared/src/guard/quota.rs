@@ -288,38 +288,55 @@ impl Quotas {
     /// longer block already there stays. Idempotent.
     pub async fn block(&self, tenant: &str, days: &[String], block: &Block) -> Result<(), String> {
         let expires = now_secs() + 400 * 86_400;
-        let writes = days.iter().map(|day| {
-            self.dynamodb
-                .update_item()
-                .table_name(&self.usage_table)
-                .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
-                .key("sk", AttributeValue::S(format!("daily#{day}")))
-                .update_expression(
-                    "SET blocked_until = :until, blocked_period = :period, expires_at = if_not_exists(expires_at, :expires)",
-                )
-                .condition_expression("attribute_not_exists(blocked_until) OR blocked_until < :until")
-                .expression_attribute_values(":until", AttributeValue::N(block.until.to_string()))
-                .expression_attribute_values(":period", AttributeValue::S(block.period.to_owned()))
-                .expression_attribute_values(":expires", AttributeValue::N(expires.to_string()))
-                .send()
-        });
-        for result in futures_util::future::join_all(writes).await {
-            crate::aws::dynamo::unless_condition_failed(result.map(|_| ()))?;
-        }
-        Ok(())
+        self.update_days(
+            tenant,
+            days,
+            "SET blocked_until = :until, blocked_period = :period, expires_at = if_not_exists(expires_at, :expires)",
+            "attribute_not_exists(blocked_until) OR blocked_until < :until",
+            &[
+                (":until", AttributeValue::N(block.until.to_string())),
+                (":period", AttributeValue::S(block.period.to_owned())),
+                (":expires", AttributeValue::N(expires.to_string())),
+            ],
+        )
+        .await
     }
 
     /// Lifts the budget block of `tenant` from each of `days` that has one.
     pub async fn unblock(&self, tenant: &str, days: &[String]) -> Result<(), String> {
+        self.update_days(
+            tenant,
+            days,
+            "REMOVE blocked_until, blocked_period",
+            "attribute_exists(blocked_until)",
+            &[],
+        )
+        .await
+    }
+
+    /// One conditional update of `tenant`'s counter of each of `days`, all at
+    /// once; a failed condition means there was nothing to change.
+    async fn update_days(
+        &self,
+        tenant: &str,
+        days: &[String],
+        update: &str,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<(), String> {
         let writes = days.iter().map(|day| {
-            self.dynamodb
+            let mut request = self
+                .dynamodb
                 .update_item()
                 .table_name(&self.usage_table)
                 .key("pk", AttributeValue::S(format!("tenant#{tenant}")))
                 .key("sk", AttributeValue::S(format!("daily#{day}")))
-                .update_expression("REMOVE blocked_until, blocked_period")
-                .condition_expression("attribute_exists(blocked_until)")
-                .send()
+                .update_expression(update)
+                .condition_expression(condition);
+            for (name, value) in values {
+                request = request.expression_attribute_values(*name, value.clone());
+            }
+            request.send()
         });
         for result in futures_util::future::join_all(writes).await {
             crate::aws::dynamo::unless_condition_failed(result.map(|_| ()))?;
