@@ -344,15 +344,8 @@ impl Quotas {
         Ok(())
     }
 
-    /// Adds the tokens of an answered request to today's counter.
-    pub async fn add_tokens(&self, tenant: &str, tokens: u64) -> Result<(), String> {
-        let update = self
-            .add_tokens_update(tenant, tokens)
-            .map_err(|e| e.to_string())?;
-        crate::aws::dynamo::apply(&self.dynamodb, update).await
-    }
-
-    /// [`Self::add_tokens`] as an update, for transactions.
+    /// Adds the tokens of an answered request to today's counter, as an update
+    /// for the billing transactions.
     pub fn add_tokens_update(
         &self,
         tenant: &str,

@@ -164,23 +164,6 @@ impl Billing {
     pub async fn settle(&self, owed: &Owed, opened: bool, usage: Option<&Usage>) {
         let (tenant, model) = (owed.tenant.as_str(), owed.model.as_str());
         match (opened, usage) {
-            // The entry's write failed, perhaps only on our side (it may land
-            // later): billed, or closed, with a tombstone at its key, so the
-            // recovery can never bill it again.
-            (false, Some(usage)) => {
-                let cost = self.prices.cost_micro_usd(model, usage);
-                let billed = match self.billing_updates(owed, usage, cost, false) {
-                    Ok(updates) => self.ledger.settle_unconfirmed(owed, updates).await,
-                    Err(error) => Err(error),
-                };
-                match billed {
-                    Ok(_) => {
-                        self.emit(tenant, model, usage, cost);
-                        self.budgets.enforce(tenant).await;
-                    }
-                    Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
-                }
-            }
             (false, None) => {
                 if let Err(error) = self.ledger.close_unconfirmed(owed).await {
                     tracing::warn!(%error, tenant, request_id = %owed.request_id, "closing an unconfirmed ledger entry failed");
@@ -192,15 +175,26 @@ impl Billing {
                     tracing::error!(%error, tenant, request_id = %owed.request_id, "closing an unanswered request's ledger entry failed");
                 }
             }
-            (true, Some(usage)) => {
+            (opened, Some(usage)) => {
                 let cost = self.prices.cost_micro_usd(model, usage);
-                match self.settle_owed(owed, usage, cost, false).await {
+                let settled = if opened {
+                    self.settle_owed(owed, usage, cost, false).await
+                } else {
+                    // The entry's write failed, perhaps only on our side (it may
+                    // land later): billed with a tombstone at its key, so the
+                    // recovery can never bill it again.
+                    match self.billing_updates(owed, usage, cost, false) {
+                        Ok(updates) => self.ledger.settle_unconfirmed(owed, updates).await,
+                        Err(error) => Err(error),
+                    }
+                };
+                match settled {
                     Ok(Settled::Billed) => {
                         self.emit(tenant, model, usage, cost);
                         self.budgets.enforce(tenant).await;
                     }
                     Ok(outcome) => {
-                        tracing::info!(?outcome, tenant, request_id = %owed.request_id, "usage left to the recovery");
+                        tracing::info!(?outcome, tenant, request_id = %owed.request_id, "billed already, or left to the recovery");
                     }
                     Err(error) => log_unrecorded(&error, tenant, model, usage, cost),
                 }
