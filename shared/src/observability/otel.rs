@@ -253,7 +253,13 @@ pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
 /// The `traceparent` naming the current span as parent, when tracing is on.
 pub fn current_traceparent() -> Option<String> {
     let (trace_id, span_id) = ids_of(&tracing::Span::current())?;
-    Some(format!("00-{trace_id}-{span_id}-01"))
+    let current = TraceContext {
+        trace_id,
+        span_id,
+        sampled: true,
+        parent_span_id: None,
+    };
+    Some(current.traceparent())
 }
 
 #[cfg(test)]
