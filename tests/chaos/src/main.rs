@@ -115,13 +115,17 @@ async fn run(args: &Args) -> Result<bool, String> {
 
     // Settle: every fault healed; the jobs queue drains (a killed batch comes
     // back after its 180 s visibility timeout), the sweep bills owed answers.
-    let drain_limit = Duration::from_secs(if seconds >= 120.0 { 300 } else { 90 });
+    // A record the fleet failed comes back after 15 s doubling up to 180 s
+    // (JOB_RETRY_DELAY_SECS, MEMORY_EMBED_RETRY_DELAY_SECS): a short run's
+    // unlucky record may need most of that; the waits end as soon as all settled.
+    let drain_limit = Duration::from_secs(if seconds >= 120.0 { 300 } else { 240 });
     let drained = checks::drain(&stack, &ledger, drain_limit).await?;
     let operator_token = stack.token(&operator).await?;
     let memory_token = stack.token(&memory).await?;
     let mut verdicts = Vec::new();
     verdicts.extend(checks::jobs(&stack, &ledger, &operator_token).await?);
-    verdicts.push(checks::memories(&stack, &ledger, &memory_token, Duration::from_secs(90)).await?);
+    verdicts
+        .push(checks::memories(&stack, &ledger, &memory_token, Duration::from_secs(240)).await?);
     // The last sweep bills answers owed longer than SWEEP_UNBILLED_AFTER_SECS.
     let _ = stack
         .invoke(
