@@ -21,7 +21,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::json;
 use sophia_shared::auth::{ALL_SCOPES, Authenticator, SCOPE_TOOLS};
 use sophia_shared::config::{ConfigError, Env};
-use sophia_shared::guard::ratelimit::Limiter;
+use sophia_shared::guard::ratelimit::{Limiter, lease_ttl_from_env};
 use sophia_shared::http::policy::HttpPolicy;
 use sophia_shared::http::request::{ApiRequest, json_response};
 use sophia_shared::http::routing::Route;
@@ -112,7 +112,8 @@ impl Deps {
             builtins,
             registry,
             UpstreamClient::new(outbound, settings),
-            Limiter::new(dynamodb.clone(), env.required("STATE_TABLE")?),
+            Limiter::new(dynamodb.clone(), env.required("STATE_TABLE")?)
+                .with_lease_ttl(lease_ttl_from_env(env)?),
             audit,
             SERVICE,
         ));

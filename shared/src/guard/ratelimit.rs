@@ -7,6 +7,17 @@
 //! from idle to busy. Because a TAT only grows, a denial computed from a TAT this
 //! instance saw is always right, so repeated denials cost no round trip at all.
 //!
+//! A caller that keeps coming back takes a small lease with its write: up to a
+//! tenth of the burst (at most [`MAX_LEASE`]) is taken from the shared bucket at
+//! once, and this instance admits the leased requests within the lease time (`RATE_LIMIT_LEASE_MS`, 1 s)
+//! without a round trip. Every admission is still a token taken from the one
+//! shared TAT, so the total admitted across instances never exceeds GCRA's; what
+//! a lease changes is *when* a token is used: up to a second after it was taken,
+//! so a window may see at most one second's worth of the sustained rate more
+//! than GCRA alone would allow, and an instance that goes quiet wastes what it
+//! leased (at most a tenth of the burst). Near the limit, where a lease no
+//! longer fits, every request writes alone, as without leases.
+//!
 //! When DynamoDB cannot be reached the limiter fails open (logged): a limiter
 //! outage must not become an API outage.
 
@@ -20,6 +31,9 @@ use crate::config::{ConfigError, Env};
 
 const MAX_ATTEMPTS: usize = 4;
 const MAX_CACHED_KEYS: usize = 10_000;
+
+/// The most requests one write takes for this instance.
+pub const MAX_LEASE: u64 = 16;
 
 /// `per_minute` sustained, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +49,12 @@ impl Rule {
 
     fn tolerance_us(self) -> u64 {
         self.interval_us() * u64::from(self.burst.max(1))
+    }
+
+    /// Requests one write takes for a returning caller: a tenth of the burst,
+    /// between 1 (no lease) and [`MAX_LEASE`].
+    pub fn lease(self) -> u64 {
+        (u64::from(self.burst) / 10).clamp(1, MAX_LEASE)
     }
 }
 
@@ -60,10 +80,15 @@ fn now_us() -> u64 {
 /// GCRA step: from the stored TAT (or none), `now` and the rule, the new TAT if
 /// admitted and the decision.
 pub fn decide(stored_tat: Option<u64>, now: u64, rule: Rule) -> (Option<u64>, Decision) {
+    decide_n(stored_tat, now, rule, 1)
+}
+
+/// [`decide`] for `n` requests at once (a lease): admitted only if all fit.
+fn decide_n(stored_tat: Option<u64>, now: u64, rule: Rule, n: u64) -> (Option<u64>, Decision) {
     let interval = rule.interval_us();
     let tolerance = rule.tolerance_us();
     let tat = stored_tat.unwrap_or(0).max(now);
-    let new_tat = tat + interval;
+    let new_tat = tat + interval * n;
     let ahead = new_tat - now;
     if ahead > tolerance {
         let wait = ahead - tolerance;
@@ -76,14 +101,32 @@ pub fn decide(stored_tat: Option<u64>, now: u64, rule: Rule) -> (Option<u64>, De
         };
         return (None, decision);
     }
-    let decision = Decision {
+    (Some(new_tat), admitted(rule, ahead, n - 1))
+}
+
+/// The decision for an admitted request whose write left the TAT `ahead` of
+/// now, with `leased` more requests held by this instance.
+fn admitted(rule: Rule, ahead: u64, leased: u64) -> Decision {
+    let interval = rule.interval_us();
+    let room = rule.tolerance_us().saturating_sub(ahead) / interval + leased;
+    Decision {
         allowed: true,
         limit: rule.burst,
-        remaining: ((tolerance - ahead) / interval) as u32,
+        remaining: u32::try_from(room).unwrap_or(u32::MAX).min(rule.burst),
         reset_secs: ahead.div_ceil(1_000_000),
         retry_after_secs: 0,
-    };
-    (Some(new_tat), decision)
+    }
+}
+
+/// Requests this instance took from a bucket and has not used yet.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// Requests left to admit without a write.
+    left: u64,
+    /// The TAT the write left (a lower bound of the stored one).
+    tat: u64,
+    /// When the lease was taken (the caller's last write here).
+    taken_us: u64,
 }
 
 #[derive(Debug)]
@@ -92,6 +135,23 @@ pub struct Limiter {
     table: String,
     /// The last TAT this instance saw per key: a lower bound of the stored one.
     seen: Mutex<HashMap<String, u64>>,
+    /// The last lease per key, used or not (its time tells a returning caller).
+    leases: std::sync::Mutex<HashMap<String, Lease>>,
+    /// How long leased requests may be used, and how recent a caller's last
+    /// write here must be for the next one to take a lease; 0: no leases.
+    lease_ttl_us: u64,
+}
+
+/// `RATE_LIMIT_LEASE_MS` (default 1000, at most 10000; 0 turns leases off).
+pub fn lease_ttl_from_env(env: &Env<'_>) -> Result<std::time::Duration, ConfigError> {
+    let ms: u64 = env.parse_or("RATE_LIMIT_LEASE_MS", 1_000)?;
+    if ms > 10_000 {
+        return Err(ConfigError::new(
+            "RATE_LIMIT_LEASE_MS",
+            format!("must be at most 10000 milliseconds, got {ms}"),
+        ));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 impl Limiter {
@@ -100,7 +160,15 @@ impl Limiter {
             dynamodb,
             table,
             seen: Mutex::new(HashMap::new()),
+            leases: std::sync::Mutex::new(HashMap::new()),
+            lease_ttl_us: 1_000_000,
         }
+    }
+
+    /// Sets the lease time (zero: every admission writes).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl_us = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Decides one request for `key` under `rule`.
@@ -113,10 +181,15 @@ impl Limiter {
     ///   past (or absent), so idle time never banks more than the burst.
     ///
     /// A failed condition returns the stored TAT, which picks the other write or
-    /// proves a denial. Usually one round trip, two when a bucket turns busy.
+    /// proves a denial. Usually one round trip, two when a bucket turns busy, none
+    /// while this instance holds a lease for the key (see the module's notes).
     pub async fn check(&self, key: &str, rule: Rule) -> Decision {
         let interval = rule.interval_us();
         let tolerance = rule.tolerance_us();
+        let returning = match self.use_lease(key, rule) {
+            Ok(decision) => return decision,
+            Err(returning) => returning,
+        };
         let mut known = self.seen.lock().await.get(key).copied();
         let mut room = None;
         for _ in 0..MAX_ATTEMPTS {
@@ -127,14 +200,24 @@ impl Limiter {
                 return decision;
             }
             room = Some(decision);
+            // A lease only where it fits in what this instance last saw; the
+            // write's condition checks the same against the stored TAT.
+            let take = match rule.lease() {
+                lease
+                    if returning && lease > 1 && decide_n(known, now, rule, lease).0.is_some() =>
+                {
+                    lease
+                }
+                _ => 1,
+            };
             let busy = known.is_some_and(|tat| tat >= now);
             let outcome = if busy {
                 self.write(
                     key,
                     Write::Increment {
                         now,
-                        limit: now + tolerance - interval,
-                        interval,
+                        limit: now + tolerance - interval * take,
+                        interval: interval * take,
                     },
                 )
                 .await
@@ -143,7 +226,7 @@ impl Limiter {
                     key,
                     Write::Start {
                         now,
-                        tat: now + interval,
+                        tat: now + interval * take,
                     },
                 )
                 .await
@@ -151,14 +234,15 @@ impl Limiter {
             match outcome {
                 Ok(new_tat) => {
                     self.remember(key, new_tat).await;
-                    let ahead = new_tat.saturating_sub(now);
-                    return Decision {
-                        allowed: true,
-                        limit: rule.burst,
-                        remaining: (tolerance.saturating_sub(ahead) / interval) as u32,
-                        reset_secs: ahead.div_ceil(1_000_000),
-                        retry_after_secs: 0,
-                    };
+                    self.keep_lease(
+                        key,
+                        Lease {
+                            left: take - 1,
+                            tat: new_tat,
+                            taken_us: now,
+                        },
+                    );
+                    return admitted(rule, new_tat.saturating_sub(now), take - 1);
                 }
                 Err(WriteError::Moved(current)) => {
                     if let Some(tat) = current {
@@ -191,6 +275,43 @@ impl Limiter {
             reset_secs: 1,
             retry_after_secs: 1,
         }
+    }
+
+    /// Admits from this instance's lease on `key` if one is left and fresh;
+    /// otherwise tells whether the caller came back within the lease time.
+    fn use_lease(&self, key: &str, rule: Rule) -> Result<Decision, bool> {
+        let now = now_us();
+        let mut leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(lease) = leases.get_mut(key) else {
+            return Err(false);
+        };
+        let fresh = now.saturating_sub(lease.taken_us) < self.lease_ttl_us;
+        if !fresh || lease.left == 0 {
+            return Err(fresh);
+        }
+        lease.left -= 1;
+        Ok(admitted(rule, lease.tat.saturating_sub(now), lease.left))
+    }
+
+    fn keep_lease(&self, key: &str, lease: Lease) {
+        if self.lease_ttl_us == 0 {
+            return;
+        }
+        let mut leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if leases.len() >= MAX_CACHED_KEYS && !leases.contains_key(key) {
+            let ttl = self.lease_ttl_us;
+            leases.retain(|_, l| lease.taken_us.saturating_sub(l.taken_us) < ttl);
+            if leases.len() >= MAX_CACHED_KEYS {
+                leases.clear();
+            }
+        }
+        leases.insert(key.to_owned(), lease);
     }
 
     async fn remember(&self, key: &str, tat: u64) {
@@ -304,7 +425,8 @@ impl RateLimits {
             Ok(rule)
         };
         Ok(Self {
-            limiter: Limiter::new(dynamodb, env.required("STATE_TABLE")?),
+            limiter: Limiter::new(dynamodb, env.required("STATE_TABLE")?)
+                .with_lease_ttl(lease_ttl_from_env(env)?),
             per_ip: rule("RATE_LIMIT_IP_PER_MIN", 1200, "RATE_LIMIT_IP_BURST", 120)?,
             per_principal: rule(
                 "RATE_LIMIT_PRINCIPAL_PER_MIN",
@@ -451,6 +573,28 @@ mod tests {
             }
         }
         assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn a_lease_is_a_tenth_of_the_burst_and_fits_whole_or_not_at_all() {
+        assert_eq!(RULE.lease(), 1, "small bursts take no lease");
+        let rule = |burst| Rule {
+            per_minute: 60,
+            burst,
+        };
+        assert_eq!(rule(60).lease(), 6);
+        assert_eq!(rule(100_000).lease(), MAX_LEASE);
+        let start = 1_000_000_000_000;
+        let (tat, first) = decide_n(None, start, rule(60), 6);
+        assert_eq!(tat, Some(start + 6_000_000));
+        assert_eq!(first.remaining, 59, "the leased five still count as room");
+        // 57 taken: three left, a lease of six no longer fits, one still does.
+        let full = Some(start + 57_000_000);
+        assert_eq!(decide_n(full, start, rule(60), 6).0, None);
+        assert_eq!(
+            decide_n(full, start, rule(60), 1).0,
+            Some(start + 58_000_000)
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 // Test code: a failed expectation should fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use harness::{body_json, json_request, local_aws, sdk_config_for, unique_stack};
 use serde_json::json;
@@ -117,6 +119,81 @@ async fn concurrent_requests_under_the_limit_are_all_admitted() {
     // Two more fit the burst of 12, then the limit holds for everyone.
     let more = futures_util::future::join_all((0..4).map(|i| limiters[i].check("hot", rule))).await;
     assert_eq!(more.iter().filter(|d| d.allowed).count(), 2, "{more:?}");
+}
+
+/// The stored TAT of `key`, in whole intervals of one minute past `start_us`.
+async fn minutes_taken(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+    start_us: u64,
+) -> u64 {
+    let item = dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(format!("ratelimit#{key}")))
+        .key("sk", AttributeValue::S("gcra".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    let tat: u64 = item.item().unwrap()["tat"].as_n().unwrap().parse().unwrap();
+    // Whole minutes: the test's own few seconds round away.
+    (tat - start_us + 30_000_000) / 60_000_000
+}
+
+#[tokio::test]
+async fn a_returning_caller_leases_requests_and_instances_still_share_one_limit() {
+    use sophia_shared::guard::ratelimit::{Limiter, Rule};
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits-lease"), &[]);
+    let table = stack.env("STATE_TABLE").to_owned();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config().await);
+    // A lease time far beyond any slowness of the local AWS, so the test sees
+    // leases, not the clock; one refill a minute: no token comes back mid-test.
+    let instance =
+        || Limiter::new(dynamodb.clone(), table.clone()).with_lease_ttl(Duration::from_secs(600));
+    let (a, b) = (instance(), instance());
+    let rule = Rule {
+        per_minute: 1,
+        burst: 40,
+    };
+    assert_eq!(rule.lease(), 4);
+    let start_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    // A first request writes one; a returning caller's write takes four.
+    assert!(a.check("lease", rule).await.allowed);
+    assert_eq!(minutes_taken(&dynamodb, &table, "lease", start_us).await, 1);
+    let second = a.check("lease", rule).await;
+    assert!(second.allowed);
+    assert_eq!(second.remaining, 38, "35 in the bucket and 3 leased");
+    assert_eq!(minutes_taken(&dynamodb, &table, "lease", start_us).await, 5);
+    // The three leased are admitted without a write.
+    for _ in 0..3 {
+        assert!(a.check("lease", rule).await.allowed);
+    }
+    assert_eq!(minutes_taken(&dynamodb, &table, "lease", start_us).await, 5);
+    // Another instance gets what is left, and not one more: 35.
+    let mut by_b = 0;
+    for _ in 0..50 {
+        if b.check("lease", rule).await.allowed {
+            by_b += 1;
+        }
+    }
+    assert_eq!(
+        by_b, 35,
+        "the bucket's 40 less the 5 taken by the first instance"
+    );
+    assert_eq!(
+        minutes_taken(&dynamodb, &table, "lease", start_us).await,
+        40
+    );
+    assert!(
+        !a.check("lease", rule).await.allowed,
+        "the limit holds for everyone"
+    );
 }
 
 #[tokio::test]
