@@ -9,6 +9,11 @@
 //! one (gap), a reordered pair (broken link) or a cut-off tail (head mismatch)
 //! is reported with the sequence number where the chain breaks.
 //!
+//! An instance remembers the head it last wrote per tenant and appends after it
+//! without reading it first: the head's condition fails if another writer moved
+//! it, and the append then reads the head and tries again. A steady writer pays
+//! one round trip per entry, not two.
+//!
 //! Append-only is also an IAM matter: functions get `PutItem`, `GetItem` and
 //! `Query` on the audit table, never `UpdateItem` or `DeleteItem` (see infra/).
 
@@ -123,15 +128,46 @@ fn seq_key(seq: u64) -> String {
     format!("{seq:020}")
 }
 
+/// Heads remembered at most; beyond it they are forgotten (which only costs a
+/// read each).
+const MAX_CACHED_HEADS: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
+    /// The head this instance last wrote (or read) per tenant: (seq, hash).
+    heads: std::sync::Arc<std::sync::Mutex<HashMap<String, (u64, String)>>>,
 }
 
 impl AuditLog {
     pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String) -> Self {
-        Self { dynamodb, table }
+        Self {
+            dynamodb,
+            table,
+            heads: std::sync::Arc::default(),
+        }
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {
+        self.heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember_head(&self, tenant: &str, head: Option<(u64, String)>) {
+        let mut heads = self.heads();
+        match head {
+            None => {
+                heads.remove(tenant);
+            }
+            Some(head) => {
+                if heads.len() >= MAX_CACHED_HEADS && !heads.contains_key(tenant) {
+                    heads.clear();
+                }
+                heads.insert(tenant.to_owned(), head);
+            }
+        }
     }
 
     async fn head(&self, tenant: &str) -> Result<(u64, String), AuditError> {
@@ -164,7 +200,11 @@ impl AuditLog {
     pub async fn append(&self, tenant: &str, event: &Event<'_>) -> Result<Entry, AuditError> {
         let details = event.details.to_string();
         for _ in 0..MAX_APPEND_ATTEMPTS {
-            let (last, prev_hash) = self.head(tenant).await?;
+            let cached = self.heads().get(tenant).cloned();
+            let (last, prev_hash) = match cached {
+                Some(head) => head,
+                None => self.head(tenant).await?,
+            };
             let seq = last + 1;
             let time = crate::clock::now_secs();
             let fields = [
@@ -227,15 +267,24 @@ impl AuditLog {
                 .send()
                 .await;
             match result {
-                Ok(_) => return Ok(entry),
+                Ok(_) => {
+                    self.remember_head(tenant, Some((seq, entry.hash.clone())));
+                    return Ok(entry);
+                }
                 Err(error)
                     if error
                         .as_service_error()
                         .is_some_and(|e| e.is_transaction_canceled_exception()) =>
                 {
+                    // Another writer moved the head: read it on the next attempt.
+                    self.remember_head(tenant, None);
                     continue;
                 }
-                Err(error) => return Err(aws(error)),
+                Err(error) => {
+                    // The outcome is unknown (the write may have landed).
+                    self.remember_head(tenant, None);
+                    return Err(aws(error));
+                }
             }
         }
         Err(AuditError::Contention)

@@ -427,3 +427,46 @@ async fn the_audit_log_is_read_a_page_at_a_time() {
         assert_eq!(status, 400, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn two_instances_appending_to_one_chain_keep_it_intact() {
+    use sophia_shared::ops::audit::{AuditLog, Event};
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("audit-two"), &[]);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config().await);
+    let table = stack.env("AUDIT_TABLE").to_owned();
+    // Each instance remembers the head it wrote; the other's appends move it.
+    let (a, b) = (
+        AuditLog::new(dynamodb.clone(), table.clone()),
+        AuditLog::new(dynamodb.clone(), table),
+    );
+    let event = |target| Event {
+        actor: "key:test",
+        action: "flag.set",
+        target,
+        correlation_id: "it-audit",
+        details: json!({}),
+    };
+    let mut seqs = Vec::new();
+    for log in [&a, &a, &b, &a, &b, &b, &a] {
+        seqs.push(log.append("tenant-a", &event("one")).await.unwrap().seq);
+    }
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5, 6, 7],
+        "no sequence number twice or skipped"
+    );
+    // Concurrent appends from both serialize on the head's condition.
+    let (event_x, event_y) = (event("x"), event("y"));
+    let (x, y) = tokio::join!(
+        a.append("tenant-a", &event_x),
+        b.append("tenant-a", &event_y)
+    );
+    let mut last = [x.unwrap().seq, y.unwrap().seq];
+    last.sort_unstable();
+    assert_eq!(last, [8, 9]);
+    let verification = a.verify("tenant-a").await.unwrap();
+    assert!(verification.intact, "{verification:?}");
+    assert_eq!(verification.entries, 9);
+    assert_eq!(a.entries("tenant-a").await.unwrap().len(), 9);
+}
