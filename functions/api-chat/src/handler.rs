@@ -93,8 +93,10 @@ impl Deps {
     /// Reads the inference settings ([`Inference::from_env`]: models, prices,
     /// limits, the fleet), the jobs table and queue, and the HTTP policy.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let auth = Authenticator::from_env(env, sdk).await?;
-        Self::with_authenticator(env, sdk, auth)
+        // The fleet client is built while the signing keys are read.
+        let auth = Authenticator::start_from_env(env, sdk)?;
+        let inference = Inference::from_env(SERVICE, env, sdk)?;
+        Self::with_parts(env, sdk, auth.ready().await?, inference)
     }
 
     /// Everything but the authenticator from the environment (tests give their own).
@@ -103,7 +105,15 @@ impl Deps {
         sdk: &aws_config::SdkConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Self, InitError> {
-        let inference = Inference::from_env(SERVICE, env, sdk)?;
+        Self::with_parts(env, sdk, auth, Inference::from_env(SERVICE, env, sdk)?)
+    }
+
+    fn with_parts(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        auth: Arc<Authenticator>,
+        inference: Inference,
+    ) -> Result<Self, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
             http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb)?

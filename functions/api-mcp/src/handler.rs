@@ -78,8 +78,11 @@ impl Deps {
     /// `AUDIT_TABLE`, `STATE_TABLE` (per-tool rate limits), `AUTH_TABLE` (the
     /// registry) and `MCP_*`.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let auth = Authenticator::from_env(env, sdk).await?;
-        Self::with_authenticator(env, sdk, auth)
+        // The tools (the fleet client, their schemas) are built while the
+        // signing keys are read.
+        let auth = Authenticator::start_from_env(env, sdk)?;
+        let gateway = Self::gateway(env, sdk)?;
+        Self::with_gateway(env, sdk, auth.ready().await?, gateway)
     }
 
     pub fn with_authenticator(
@@ -87,6 +90,10 @@ impl Deps {
         sdk: &aws_config::SdkConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Self, InitError> {
+        Self::with_gateway(env, sdk, auth, Self::gateway(env, sdk)?)
+    }
+
+    fn gateway(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Arc<Gateway>, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let settings = McpSettings::from_env(env)?;
         // One HTTP pool for the fleet and the upstream MCP servers.
@@ -108,7 +115,7 @@ impl Deps {
             env.required("AUTH_TABLE")?,
             settings.clone(),
         );
-        let gateway = Arc::new(Gateway::new(
+        Ok(Arc::new(Gateway::new(
             builtins,
             registry,
             UpstreamClient::new(outbound, settings),
@@ -116,7 +123,16 @@ impl Deps {
                 .with_lease_ttl(lease_ttl_from_env(env)?),
             audit,
             SERVICE,
-        ));
+        )))
+    }
+
+    fn with_gateway(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        auth: Arc<Authenticator>,
+        gateway: Arc<Gateway>,
+    ) -> Result<Self, InitError> {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
             http: HttpPolicy::protected_from_env(SERVICE, env, auth, dynamodb)?
                 .rejecting_unknown_origins(),

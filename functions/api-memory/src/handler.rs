@@ -96,8 +96,10 @@ impl Deps {
     /// The memory settings (`MEMORY_*`), inference for embeddings (models,
     /// prices, the fleet), `AUDIT_TABLE` and the HTTP policy.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let auth = Authenticator::from_env(env, sdk).await?;
-        Self::with_authenticator(env, sdk, auth)
+        // The fleet client is built while the signing keys are read.
+        let auth = Authenticator::start_from_env(env, sdk)?;
+        let inference = Inference::from_env(SERVICE, env, sdk)?;
+        Self::with_parts(env, sdk, auth.ready().await?, inference)
     }
 
     pub fn with_authenticator(
@@ -105,8 +107,17 @@ impl Deps {
         sdk: &aws_config::SdkConfig,
         auth: Arc<Authenticator>,
     ) -> Result<Self, InitError> {
+        Self::with_parts(env, sdk, auth, Inference::from_env(SERVICE, env, sdk)?)
+    }
+
+    fn with_parts(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        auth: Arc<Authenticator>,
+        inference: Inference,
+    ) -> Result<Self, InitError> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        let inference = Arc::new(Inference::from_env(SERVICE, env, sdk)?);
+        let inference = Arc::new(inference);
         let memory = MemoryService::new(
             MemorySettings::from_env(env)?,
             dynamodb.clone(),

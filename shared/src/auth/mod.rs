@@ -175,6 +175,31 @@ async fn read_ring(
     KeyRing::from_json(output.secret_string().unwrap_or_default())
 }
 
+/// An [`Authenticator`] whose signing keys are being read.
+#[derive(Debug)]
+pub struct PendingAuthenticator {
+    settings: AuthSettings,
+    keys: tokio::task::JoinHandle<Result<KeySource, String>>,
+    store: Arc<AuthStore>,
+}
+
+impl PendingAuthenticator {
+    /// The authenticator once the keys are read; an error fails the cold start.
+    pub async fn ready(self) -> Result<Arc<Authenticator>, ConfigError> {
+        let keys = self
+            .keys
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|keys| keys)
+            .map_err(|problem| ConfigError::new("SIGNING_KEYS_SECRET", problem))?;
+        Ok(Arc::new(Authenticator::new(
+            &self.settings,
+            Arc::new(keys),
+            self.store,
+        )))
+    }
+}
+
 /// Verifies bearer tokens for the pipeline.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -198,18 +223,31 @@ impl Authenticator {
         env: &Env<'_>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Arc<Self>, ConfigError> {
+        Self::start_from_env(env, sdk)?.ready().await
+    }
+
+    /// [`Self::from_env`] in two steps: the signing keys are read on a task of
+    /// their own, so a cold start can build its other clients (the fleet
+    /// client's TLS roots and pools) while that read, its one network wait, is
+    /// in flight; [`PendingAuthenticator::ready`] joins it.
+    pub fn start_from_env(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<PendingAuthenticator, ConfigError> {
         let settings = AuthSettings::from_env(env)?;
-        let keys = KeySource::load(
+        let keys = tokio::spawn(KeySource::load(
             aws_sdk_secretsmanager::Client::new(sdk),
             settings.signing_keys_secret.clone(),
-        )
-        .await
-        .map_err(|problem| ConfigError::new("SIGNING_KEYS_SECRET", problem))?;
+        ));
         let store = Arc::new(AuthStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             settings.table.clone(),
         ));
-        Ok(Arc::new(Self::new(&settings, Arc::new(keys), store)))
+        Ok(PendingAuthenticator {
+            settings,
+            keys,
+            store,
+        })
     }
 
     /// Seeds the revocation list as if just read (offline tests, tools).

@@ -315,6 +315,18 @@ async fn main() {
         .load()
         .await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
+    // The same without stalled-stream protection (a throughput check around
+    // every response body; our attempt timeout already bounds a stalled one).
+    let lean = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(&dynamodb)
+        .region(Region::new("us-east-1"))
+        .test_credentials()
+        .stalled_stream_protection(
+            aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
+        )
+        .load()
+        .await;
+    let lean = aws_sdk_dynamodb::Client::new(&lean);
     let mut runs = Runs::default();
     for run in 1..=args.runs {
         let (mut direct_ms, mut handler_ms, mut added_ms) = (Vec::new(), Vec::new(), Vec::new());
@@ -360,8 +372,9 @@ async fn main() {
                 added_over_stream_ms.push(handler_elapsed - direct_stream_elapsed);
             }
         }
-        let mut one_call_ms = Vec::new();
-        for round in 0..args.rounds + 100 {
+        let (mut one_call_ms, mut one_lean_call_ms) = (Vec::new(), Vec::new());
+        for round in 0..2 * (args.rounds + 100) {
+            let client = if round % 2 == 0 { &client } else { &lean };
             let started = Instant::now();
             client
                 .update_item()
@@ -382,8 +395,13 @@ async fn main() {
                 .send()
                 .await
                 .unwrap();
-            if round >= 100 {
-                one_call_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            if round >= 200 {
+                let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+                if round % 2 == 0 {
+                    one_call_ms.push(elapsed);
+                } else {
+                    one_lean_call_ms.push(elapsed);
+                }
             }
         }
         eprintln!(
@@ -409,6 +427,7 @@ async fn main() {
             "one DynamoDB call through the SDK (answered at once)",
             &mut one_call_ms,
         );
+        runs.line("same, stalled-stream protection off", &mut one_lean_call_ms);
     }
     eprintln!("api-chat request path, median of {} runs:", args.runs);
     runs.medians();
