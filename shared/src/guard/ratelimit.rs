@@ -7,16 +7,19 @@
 //! from idle to busy. Because a TAT only grows, a denial computed from a TAT this
 //! instance saw is always right, so repeated denials cost no round trip at all.
 //!
-//! A caller that keeps coming back takes a small lease with its write: up to a
-//! tenth of the burst (at most [`MAX_LEASE`]) is taken from the shared bucket at
-//! once, and this instance admits the leased requests within the lease time (`RATE_LIMIT_LEASE_MS`, 1 s)
-//! without a round trip. Every admission is still a token taken from the one
-//! shared TAT, so the total admitted across instances never exceeds GCRA's; what
-//! a lease changes is *when* a token is used: up to a second after it was taken,
-//! so a window may see at most one second's worth of the sustained rate more
-//! than GCRA alone would allow, and an instance that goes quiet wastes what it
-//! leased (at most a tenth of the burst). Near the limit, where a lease no
-//! longer fits, every request writes alone, as without leases.
+//! A caller that keeps coming back takes a lease with its write: as many
+//! requests as it made here in the last lease time (`RATE_LIMIT_LEASE_MS`,
+//! 1 s), at most a tenth of the burst and [`MAX_LEASE`], are taken from the
+//! shared bucket at once and admitted here without a round trip within the
+//! lease time. Once half of a lease is used, the next is taken on a task of its
+//! own, so a steady caller never waits for its bucket. Every admission is still
+//! a token taken from the one shared TAT, so the total admitted across instances
+//! never exceeds GCRA's; what a lease changes is *when* a token is used: within
+//! two lease times of being taken, so a window may see up to that much more of
+//! the sustained rate than GCRA alone would allow, and an instance whose caller
+//! stops wastes what it still holds (about one lease time of the caller's own
+//! rate). Near the limit, where a lease no longer fits, every request writes
+//! alone, as without leases.
 //!
 //! When DynamoDB cannot be reached the limiter fails open (logged): a limiter
 //! outage must not become an API outage.
@@ -127,19 +130,67 @@ struct Lease {
     tat: u64,
     /// When the lease was taken (the caller's last write here).
     taken_us: u64,
+    /// A refill is on the wire.
+    refilling: bool,
+    /// The caller's requests here in the current window of one lease time
+    /// (since `window_us`) and in the window before: its demand, which sizes
+    /// the next lease, so a slow caller leases little and wastes little if it
+    /// stops.
+    window_us: u64,
+    in_window: u64,
+    in_last_window: u64,
+}
+
+impl Lease {
+    fn first(now: u64) -> Self {
+        Self {
+            left: 0,
+            tat: 0,
+            taken_us: 0,
+            refilling: false,
+            window_us: now,
+            in_window: 0,
+            in_last_window: 0,
+        }
+    }
+
+    /// Counts one request of the caller at `now`.
+    fn count(&mut self, now: u64, ttl: u64) {
+        let age = now.saturating_sub(self.window_us);
+        if age >= ttl {
+            self.in_last_window = if age < 2 * ttl { self.in_window } else { 0 };
+            self.in_window = 0;
+            self.window_us = now;
+        }
+        self.in_window += 1;
+    }
+
+    /// The next lease's size: the caller's requests per lease time here, at
+    /// most the rule's lease.
+    fn demand(&self, rule: Rule) -> u64 {
+        self.in_window
+            .max(self.in_last_window)
+            .clamp(1, rule.lease())
+    }
 }
 
 #[derive(Debug)]
 pub struct Limiter {
+    state: std::sync::Arc<State>,
+    /// How long leased requests may be used, and how recent a caller's last
+    /// write here must be for the next one to take a lease; 0: no leases.
+    lease_ttl_us: u64,
+}
+
+/// What a limiter shares with its lease refills.
+#[derive(Debug)]
+struct State {
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
     /// The last TAT this instance saw per key: a lower bound of the stored one.
     seen: Mutex<HashMap<String, u64>>,
     /// The last lease per key, used or not (its time tells a returning caller).
     leases: std::sync::Mutex<HashMap<String, Lease>>,
-    /// How long leased requests may be used, and how recent a caller's last
-    /// write here must be for the next one to take a lease; 0: no leases.
-    lease_ttl_us: u64,
 }
 
 /// `RATE_LIMIT_LEASE_MS` (default 1000, at most 10000; 0 turns leases off).
@@ -157,10 +208,12 @@ pub fn lease_ttl_from_env(env: &Env<'_>) -> Result<std::time::Duration, ConfigEr
 impl Limiter {
     pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String) -> Self {
         Self {
-            dynamodb,
-            table,
-            seen: Mutex::new(HashMap::new()),
-            leases: std::sync::Mutex::new(HashMap::new()),
+            state: std::sync::Arc::new(State {
+                dynamodb,
+                table,
+                seen: Mutex::new(HashMap::new()),
+                leases: std::sync::Mutex::new(HashMap::new()),
+            }),
             lease_ttl_us: 1_000_000,
         }
     }
@@ -186,11 +239,16 @@ impl Limiter {
     pub async fn check(&self, key: &str, rule: Rule) -> Decision {
         let interval = rule.interval_us();
         let tolerance = rule.tolerance_us();
-        let returning = match self.use_lease(key, rule) {
-            Ok(decision) => return decision,
-            Err(returning) => returning,
+        let demand = match self.use_lease(key, rule) {
+            Ok((decision, refill)) => {
+                if let Some(take) = refill {
+                    self.refill(key, rule, take);
+                }
+                return decision;
+            }
+            Err(demand) => demand,
         };
-        let mut known = self.seen.lock().await.get(key).copied();
+        let mut known = self.state.seen.lock().await.get(key).copied();
         let mut room = None;
         for _ in 0..MAX_ATTEMPTS {
             let now = now_us();
@@ -202,51 +260,42 @@ impl Limiter {
             room = Some(decision);
             // A lease only where it fits in what this instance last saw; the
             // write's condition checks the same against the stored TAT.
-            let take = match rule.lease() {
-                lease
-                    if returning && lease > 1 && decide_n(known, now, rule, lease).0.is_some() =>
-                {
-                    lease
-                }
+            let take = match demand {
+                lease if lease > 1 && decide_n(known, now, rule, lease).0.is_some() => lease,
                 _ => 1,
             };
             let busy = known.is_some_and(|tat| tat >= now);
             let outcome = if busy {
-                self.write(
-                    key,
-                    Write::Increment {
-                        now,
-                        limit: now + tolerance - interval * take,
-                        interval: interval * take,
-                    },
-                )
-                .await
+                self.state
+                    .write(
+                        key,
+                        Write::Increment {
+                            now,
+                            limit: now + tolerance - interval * take,
+                            interval: interval * take,
+                        },
+                    )
+                    .await
             } else {
-                self.write(
-                    key,
-                    Write::Start {
-                        now,
-                        tat: now + interval * take,
-                    },
-                )
-                .await
+                self.state
+                    .write(
+                        key,
+                        Write::Start {
+                            now,
+                            tat: now + interval * take,
+                        },
+                    )
+                    .await
             };
             match outcome {
                 Ok(new_tat) => {
-                    self.remember(key, new_tat).await;
-                    self.keep_lease(
-                        key,
-                        Lease {
-                            left: take - 1,
-                            tat: new_tat,
-                            taken_us: now,
-                        },
-                    );
+                    self.state.remember(key, new_tat).await;
+                    self.keep_lease(key, take - 1, new_tat, now);
                     return admitted(rule, new_tat.saturating_sub(now), take - 1);
                 }
                 Err(WriteError::Moved(current)) => {
                     if let Some(tat) = current {
-                        self.remember(key, tat).await;
+                        self.state.remember(key, tat).await;
                     }
                     known = current;
                 }
@@ -277,41 +326,132 @@ impl Limiter {
         }
     }
 
-    /// Admits from this instance's lease on `key` if one is left and fresh;
-    /// otherwise tells whether the caller came back within the lease time.
-    fn use_lease(&self, key: &str, rule: Rule) -> Result<Decision, bool> {
+    /// Admits from this instance's lease on `key` if one is left and fresh,
+    /// telling how much to refill it by once half of it is used (none while a
+    /// refill is on the wire); otherwise the size of the lease the request's
+    /// write may take (1, none, for a caller not seen here within the lease time).
+    fn use_lease(&self, key: &str, rule: Rule) -> Result<(Decision, Option<u64>), u64> {
+        let ttl = self.lease_ttl_us;
+        if ttl == 0 {
+            return Err(1);
+        }
         let now = now_us();
-        let mut leases = self
-            .leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut leases = self.state.leases();
         let Some(lease) = leases.get_mut(key) else {
-            return Err(false);
+            return Err(1);
         };
-        let fresh = now.saturating_sub(lease.taken_us) < self.lease_ttl_us;
-        if !fresh || lease.left == 0 {
-            return Err(fresh);
+        lease.count(now, ttl);
+        if now.saturating_sub(lease.taken_us) >= ttl {
+            lease.left = 0;
+        }
+        let demand = lease.demand(rule);
+        if lease.left == 0 {
+            return Err(demand);
         }
         lease.left -= 1;
-        Ok(admitted(rule, lease.tat.saturating_sub(now), lease.left))
+        let refill = !lease.refilling && demand > 1 && lease.left <= demand / 2;
+        lease.refilling |= refill;
+        let decision = admitted(rule, lease.tat.saturating_sub(now), lease.left);
+        Ok((decision, refill.then_some(demand)))
     }
 
-    fn keep_lease(&self, key: &str, lease: Lease) {
-        if self.lease_ttl_us == 0 {
+    /// Takes the next lease for `key` on a task of its own while the current
+    /// one still admits, so a steady caller never waits for its bucket's write.
+    /// Only where a whole lease fits; any failure leaves the next request to
+    /// write for itself. In Lambda a refill the invocation's end freezes goes on
+    /// when the instance thaws, and its lease is only used within the lease
+    /// time of the moment it was asked for.
+    fn refill(&self, key: &str, rule: Rule, take: u64) {
+        use tracing::Instrument;
+        let state = self.state.clone();
+        let key = key.to_owned();
+        let task = async move {
+            let now = now_us();
+            let known = state.seen.lock().await.get(&key).copied();
+            let taken = if decide_n(known, now, rule, take).0.is_none() {
+                None
+            } else {
+                let interval = rule.interval_us();
+                let write = if known.is_some_and(|tat| tat >= now) {
+                    Write::Increment {
+                        now,
+                        limit: now + rule.tolerance_us() - interval * take,
+                        interval: interval * take,
+                    }
+                } else {
+                    Write::Start {
+                        now,
+                        tat: now + interval * take,
+                    }
+                };
+                match state.write(&key, write).await {
+                    Ok(tat) => {
+                        state.remember(&key, tat).await;
+                        Some(tat)
+                    }
+                    Err(WriteError::Moved(current)) => {
+                        if let Some(tat) = current {
+                            state.remember(&key, tat).await;
+                        }
+                        None
+                    }
+                    Err(WriteError::Unavailable(error)) => {
+                        tracing::warn!(%error, key, "refilling a rate-limit lease failed");
+                        None
+                    }
+                }
+            };
+            let mut leases = state.leases();
+            if let Some(lease) = leases.get_mut(&key) {
+                lease.refilling = false;
+                if let Some(tat) = taken {
+                    lease.left += take;
+                    lease.tat = lease.tat.max(tat);
+                    lease.taken_us = now;
+                }
+            }
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()));
+    }
+
+    /// Whether a lease refill for `key` is on the wire (tests, diagnostics).
+    pub fn refilling(&self, key: &str) -> bool {
+        self.state
+            .leases()
+            .get(key)
+            .is_some_and(|lease| lease.refilling)
+    }
+
+    /// After a write at `now` that left `tat`: `left` more requests leased.
+    fn keep_lease(&self, key: &str, left: u64, tat: u64, now: u64) {
+        let ttl = self.lease_ttl_us;
+        if ttl == 0 {
             return;
         }
-        let mut leases = self
-            .leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut leases = self.state.leases();
         if leases.len() >= MAX_CACHED_KEYS && !leases.contains_key(key) {
-            let ttl = self.lease_ttl_us;
-            leases.retain(|_, l| lease.taken_us.saturating_sub(l.taken_us) < ttl);
+            // Callers not seen for two lease times have no demand left to keep.
+            leases.retain(|_, l| now.saturating_sub(l.window_us) < 2 * ttl);
             if leases.len() >= MAX_CACHED_KEYS {
                 leases.clear();
             }
         }
-        leases.insert(key.to_owned(), lease);
+        let lease = leases.entry(key.to_owned()).or_insert_with(|| {
+            let mut first = Lease::first(now);
+            first.count(now, ttl);
+            first
+        });
+        lease.left = left;
+        lease.tat = tat;
+        lease.taken_us = now;
+    }
+}
+
+impl State {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn remember(&self, key: &str, tat: u64) {
@@ -595,6 +735,31 @@ mod tests {
             decide_n(full, start, rule(60), 1).0,
             Some(start + 58_000_000)
         );
+    }
+
+    #[test]
+    fn a_lease_follows_the_callers_demand_per_lease_time() {
+        let rule = Rule {
+            per_minute: 600,
+            burst: 100,
+        };
+        let ttl = 1_000_000;
+        let mut lease = Lease::first(0);
+        lease.count(0, ttl);
+        assert_eq!(lease.demand(rule), 1, "a caller seen once leases nothing");
+        for at in 1..=6 {
+            lease.count(at * 100_000, ttl);
+        }
+        assert_eq!(lease.demand(rule), 7);
+        for at in 0..30 {
+            lease.count(700_000 + at * 1_000, ttl);
+        }
+        assert_eq!(lease.demand(rule), rule.lease(), "at most the rule's lease");
+        // A window later the last window's demand still counts; two later, not.
+        lease.count(1_800_000, ttl);
+        assert_eq!(lease.demand(rule), rule.lease());
+        lease.count(4_000_000, ttl);
+        assert_eq!(lease.demand(rule), 1);
     }
 
     #[test]

@@ -291,6 +291,13 @@ async fn main() {
         &[("ADMIT_ALONGSIDE_FLEET_SECS", "0")],
     )
     .await;
+    // And with every rate-limit decision written (no leases).
+    let unleased = deps(
+        &format!("primary={}", sim.base_url()),
+        &dynamodb,
+        &[("RATE_LIMIT_LEASE_MS", "0")],
+    )
+    .await;
     let direct = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
@@ -332,6 +339,7 @@ async fn main() {
         let (mut direct_ms, mut handler_ms, mut added_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut direct_stream_ms, mut added_over_stream_ms) = (Vec::new(), Vec::new());
         let mut admit_first_over_stream_ms = Vec::new();
+        let mut unleased_over_stream_ms = Vec::new();
         for round in 0..args.rounds + 100 {
             let started = Instant::now();
             let streamed = direct
@@ -363,8 +371,11 @@ async fn main() {
             assert_eq!(response.status(), 200);
             let (response, admit_first_elapsed) = handle_timed(&admit_first, request(&body)).await;
             assert_eq!(response.status(), 200);
+            let (response, unleased_elapsed) = handle_timed(&unleased, request(&body)).await;
+            assert_eq!(response.status(), 200);
             if round >= 100 {
                 admit_first_over_stream_ms.push(admit_first_elapsed - direct_stream_elapsed);
+                unleased_over_stream_ms.push(unleased_elapsed - direct_stream_elapsed);
                 direct_ms.push(direct_elapsed);
                 handler_ms.push(handler_elapsed);
                 added_ms.push(handler_elapsed - direct_elapsed);
@@ -422,6 +433,10 @@ async fn main() {
         runs.line(
             "same, admission before the fleet call (paired)",
             &mut admit_first_over_stream_ms,
+        );
+        runs.line(
+            "same, every rate-limit decision written (paired)",
+            &mut unleased_over_stream_ms,
         );
         runs.line(
             "one DynamoDB call through the SDK (answered at once)",

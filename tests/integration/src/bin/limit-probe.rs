@@ -10,7 +10,7 @@
 
 use sophia_shared::aws::{AwsSettings, load_sdk_config};
 use sophia_shared::config::{Env, ProcessEnv};
-use sophia_shared::guard::ratelimit::{Limiter, Rule};
+use sophia_shared::guard::ratelimit::{Limiter, Rule, lease_ttl_from_env};
 
 #[tokio::main]
 async fn main() {
@@ -23,7 +23,8 @@ async fn main() {
     let limiter = Limiter::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         env.required("STATE_TABLE").unwrap(),
-    );
+    )
+    .with_lease_ttl(lease_ttl_from_env(&env).unwrap());
     let rule = Rule {
         per_minute: per_minute.parse().unwrap(),
         burst: burst.parse().unwrap(),
