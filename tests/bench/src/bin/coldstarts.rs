@@ -87,45 +87,39 @@ async fn main() {
     );
 
     println!(
-        "{:<20} {:>10} {:>8} {:>13} {:>10}  (medians of {} runs)",
+        "{:<20} {:>10} {:>8} {:>13} {:>10}  (medians of {} runs, interleaved)",
         "function", "init ms", "× health", "1st answer ms", "RSS MiB", args.runs
     );
+    // Round-robin, one cold start of each function per round: whatever drifts
+    // on the machine meanwhile (its page cache, a neighbour) touches every
+    // function alike, and the ratios to api-health stay comparable.
+    let mut samples: Vec<[Vec<f64>; 3]> = FUNCTIONS.iter().map(|_| Default::default()).collect();
+    for _ in 0..args.runs {
+        for (at, command) in commands(&root, &release, &coldstart, &env, &stack)
+            .iter_mut()
+            .enumerate()
+        {
+            let (function, _, _) = FUNCTIONS[at];
+            let output = command.output().expect("running coldstart");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{function}: coldstart failed\n{text}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            for (k, label) in ["init done", "1st answer", "peak RSS"].iter().enumerate() {
+                samples[at][k].push(median(&text, label));
+            }
+        }
+    }
+    let middle = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     let mut health_init = None;
     let mut misses = Vec::new();
-    for (function, event, expect) in FUNCTIONS {
-        // The function's own template variables (e.g. the hooks' NEW_VERSIONS)
-        // under the stack-wide ones.
-        let own = stack.report["functions"][function]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let mut env = env.clone();
-        for (key, value) in own {
-            env.entry(key)
-                .or_insert_with(|| value.as_str().unwrap_or_default().to_owned());
-        }
-        let event = Path::new("events").join(function).join(event);
-        let mut command = Command::new(&coldstart);
-        command
-            .current_dir(&root)
-            .arg("--binary")
-            .arg(release.join(function))
-            .arg("--event")
-            .arg(&event)
-            .args(["--runs", &args.runs.to_string(), "--expect", expect]);
-        for (key, value) in &env {
-            command.arg("--env").arg(format!("{key}={value}"));
-        }
-        let output = command.output().expect("running coldstart");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{function}: coldstart failed\n{text}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let init = median(&text, "init done");
-        let answer = median(&text, "1st answer");
-        let rss = median(&text, "peak RSS");
+    for ((function, _, _), [init, answer, rss]) in FUNCTIONS.iter().zip(samples.iter_mut()) {
+        let (init, answer, rss) = (middle(init), middle(answer), middle(rss));
         let base = *health_init.get_or_insert(init);
         let ratio = init / base;
         if ratio > 1.5 {
@@ -141,4 +135,42 @@ async fn main() {
     } else {
         println!("above the goals: {}", misses.join("; "));
     }
+}
+
+/// One `coldstart --runs 1` command per function, in [`FUNCTIONS`]' order.
+fn commands(
+    root: &Path,
+    release: &Path,
+    coldstart: &Path,
+    env: &std::collections::HashMap<String, String>,
+    stack: &harness::Provisioned,
+) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for (function, event, expect) in FUNCTIONS {
+        // The function's own template variables (e.g. the hooks' NEW_VERSIONS)
+        // under the stack-wide ones.
+        let own = stack.report["functions"][function]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut env = env.clone();
+        for (key, value) in own {
+            env.entry(key)
+                .or_insert_with(|| value.as_str().unwrap_or_default().to_owned());
+        }
+        let event = Path::new("events").join(function).join(event);
+        let mut command = Command::new(coldstart);
+        command
+            .current_dir(root)
+            .arg("--binary")
+            .arg(release.join(function))
+            .arg("--event")
+            .arg(&event)
+            .args(["--runs", "1", "--expect", expect]);
+        for (key, value) in &env {
+            command.arg("--env").arg(format!("{key}={value}"));
+        }
+        commands.push(command);
+    }
+    commands
 }
