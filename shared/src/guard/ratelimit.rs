@@ -411,7 +411,9 @@ impl Limiter {
                 }
             }
         };
-        tokio::spawn(task.instrument(tracing::Span::current()));
+        // A span of its own: a refill may outlive the request, whose span
+        // (and trace) must end with it.
+        tokio::spawn(task.instrument(tracing::info_span!(parent: None, "rate_limit_refill")));
     }
 
     /// Whether a lease refill for `key` is on the wire (tests, diagnostics).
