@@ -237,8 +237,6 @@ impl Limiter {
     /// proves a denial. Usually one round trip, two when a bucket turns busy, none
     /// while this instance holds a lease for the key (see the module's notes).
     pub async fn check(&self, key: &str, rule: Rule) -> Decision {
-        let interval = rule.interval_us();
-        let tolerance = rule.tolerance_us();
         let demand = match self.use_lease(key, rule) {
             Ok((decision, refill)) => {
                 if let Some(take) = refill {
@@ -264,30 +262,11 @@ impl Limiter {
                 lease if lease > 1 && decide_n(known, now, rule, lease).0.is_some() => lease,
                 _ => 1,
             };
-            let busy = known.is_some_and(|tat| tat >= now);
-            let outcome = if busy {
-                self.state
-                    .write(
-                        key,
-                        Write::Increment {
-                            now,
-                            limit: now + tolerance - interval * take,
-                            interval: interval * take,
-                        },
-                    )
-                    .await
-            } else {
-                self.state
-                    .write(
-                        key,
-                        Write::Start {
-                            now,
-                            tat: now + interval * take,
-                        },
-                    )
-                    .await
-            };
-            match outcome {
+            match self
+                .state
+                .write(key, Write::taking(known, now, rule, take))
+                .await
+            {
                 Ok(new_tat) => {
                     self.state.remember(key, new_tat).await;
                     self.keep_lease(key, take - 1, new_tat, now);
@@ -371,20 +350,10 @@ impl Limiter {
             let taken = if decide_n(known, now, rule, take).0.is_none() {
                 None
             } else {
-                let interval = rule.interval_us();
-                let write = if known.is_some_and(|tat| tat >= now) {
-                    Write::Increment {
-                        now,
-                        limit: now + rule.tolerance_us() - interval * take,
-                        interval: interval * take,
-                    }
-                } else {
-                    Write::Start {
-                        now,
-                        tat: now + interval * take,
-                    }
-                };
-                match state.write(&key, write).await {
+                match state
+                    .write(&key, Write::taking(known, now, rule, take))
+                    .await
+                {
                     Ok(tat) => {
                         state.remember(&key, tat).await;
                         Some(tat)
@@ -524,6 +493,27 @@ impl State {
 enum Write {
     Increment { now: u64, limit: u64, interval: u64 },
     Start { now: u64, tat: u64 },
+}
+
+impl Write {
+    /// The write that takes `take` requests at `now`, chosen by what this
+    /// instance last saw (`known`): an increment of a busy bucket, or a fresh
+    /// start of an idle or unknown one.
+    fn taking(known: Option<u64>, now: u64, rule: Rule, take: u64) -> Self {
+        let interval = rule.interval_us() * take;
+        if known.is_some_and(|tat| tat >= now) {
+            Self::Increment {
+                now,
+                limit: now + rule.tolerance_us() - interval,
+                interval,
+            }
+        } else {
+            Self::Start {
+                now,
+                tat: now + interval,
+            }
+        }
+    }
 }
 
 enum WriteError {
