@@ -94,9 +94,10 @@ impl Deps {
     /// limits, the fleet), the jobs table and queue, and the HTTP policy.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         // The fleet client is built while the signing keys are read.
-        let auth = Authenticator::start_from_env(env, sdk)?;
-        let inference = Inference::from_env(SERVICE, env, sdk)?;
-        Self::with_parts(env, sdk, auth.ready().await?, inference)
+        let (auth, inference) =
+            Authenticator::from_env_while(env, sdk, || Inference::from_env(SERVICE, env, sdk))
+                .await?;
+        Self::with_parts(env, sdk, auth, inference)
     }
 
     /// Everything but the authenticator from the environment (tests give their own).

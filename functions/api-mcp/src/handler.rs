@@ -80,9 +80,9 @@ impl Deps {
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         // The tools (the fleet client, their schemas) are built while the
         // signing keys are read.
-        let auth = Authenticator::start_from_env(env, sdk)?;
-        let gateway = Self::gateway(env, sdk)?;
-        Self::with_gateway(env, sdk, auth.ready().await?, gateway)
+        let (auth, gateway) =
+            Authenticator::from_env_while(env, sdk, || Self::gateway(env, sdk)).await?;
+        Self::with_gateway(env, sdk, auth, gateway)
     }
 
     pub fn with_authenticator(

@@ -97,9 +97,10 @@ impl Deps {
     /// prices, the fleet), `AUDIT_TABLE` and the HTTP policy.
     pub async fn from_env(env: &Env<'_>, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         // The fleet client is built while the signing keys are read.
-        let auth = Authenticator::start_from_env(env, sdk)?;
-        let inference = Inference::from_env(SERVICE, env, sdk)?;
-        Self::with_parts(env, sdk, auth.ready().await?, inference)
+        let (auth, inference) =
+            Authenticator::from_env_while(env, sdk, || Inference::from_env(SERVICE, env, sdk))
+                .await?;
+        Self::with_parts(env, sdk, auth, inference)
     }
 
     pub fn with_authenticator(

@@ -177,7 +177,7 @@ async fn read_ring(
 
 /// An [`Authenticator`] whose signing keys are being read.
 #[derive(Debug)]
-pub struct PendingAuthenticator {
+struct PendingAuthenticator {
     settings: AuthSettings,
     keys: tokio::task::JoinHandle<Result<KeySource, String>>,
     store: Arc<AuthStore>,
@@ -185,7 +185,7 @@ pub struct PendingAuthenticator {
 
 impl PendingAuthenticator {
     /// The authenticator once the keys are read; an error fails the cold start.
-    pub async fn ready(self) -> Result<Arc<Authenticator>, ConfigError> {
+    async fn ready(self) -> Result<Arc<Authenticator>, ConfigError> {
         let keys = self
             .keys
             .await
@@ -226,11 +226,22 @@ impl Authenticator {
         Self::start_from_env(env, sdk)?.ready().await
     }
 
-    /// [`Self::from_env`] in two steps: the signing keys are read on a task of
-    /// their own, so a cold start can build its other clients (the fleet
+    /// [`Self::from_env`] while `build` runs: the signing keys are read on a
+    /// task of their own, so a cold start builds its other clients (the fleet
     /// client's TLS roots and pools) while that read, its one network wait, is
-    /// in flight; [`PendingAuthenticator::ready`] joins it.
-    pub fn start_from_env(
+    /// in flight. Fails if either fails.
+    pub async fn from_env_while<T, E: From<ConfigError>>(
+        env: &Env<'_>,
+        sdk: &aws_config::SdkConfig,
+        build: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(Arc<Self>, T), E> {
+        let pending = Self::start_from_env(env, sdk)?;
+        let built = build()?;
+        Ok((pending.ready().await?, built))
+    }
+
+    /// Starts reading the signing keys; [`PendingAuthenticator::ready`] joins it.
+    fn start_from_env(
         env: &Env<'_>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<PendingAuthenticator, ConfigError> {
