@@ -161,34 +161,39 @@ impl JobStore {
 
     /// How many of `tenant`'s jobs are in each status now, over the jobs kept
     /// (`JOB_RETENTION_DAYS`), as (status, count) in the order of [`JobStatus::ALL`].
-    /// One `COUNT` query per status on the `by_tenant_status` index, which
-    /// DynamoDB keeps in step with every write of a job's status.
     pub async fn counts(&self, tenant: &str) -> Result<Vec<(JobStatus, u64)>, JobError> {
-        let now_s = now_ms() / 1000;
         let counts = JobStatus::ALL.map(|status| async move {
-            let mut pages = self
-                .dynamodb
-                .query()
-                .table_name(&self.table)
-                .index_name(STATUS_INDEX)
-                .key_condition_expression("tenant = :tenant AND #s = :status")
-                // TTL deletes expired jobs up to days late.
-                .filter_expression("expires_at > :now")
-                .expression_attribute_names("#s", "status")
-                .expression_attribute_values(":tenant", s(tenant))
-                .expression_attribute_values(":status", s(status.as_str()))
-                .expression_attribute_values(":now", n(now_s))
-                .select(aws_sdk_dynamodb::types::Select::Count)
-                .into_paginator()
-                .send();
-            let mut total = 0u64;
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| JobError::Storage(error_text(e)))?;
-                total += u64::try_from(page.count()).unwrap_or(0);
-            }
-            Ok::<_, JobError>((status, total))
+            Ok::<_, JobError>((status, self.count(tenant, status).await?))
         });
         futures_util::future::try_join_all(counts).await
+    }
+
+    /// How many of `tenant`'s jobs are in `status` now: one `COUNT` query on the
+    /// `by_tenant_status` index, which DynamoDB keeps in step with every write
+    /// of a job's status.
+    pub async fn count(&self, tenant: &str, status: JobStatus) -> Result<u64, JobError> {
+        let now_s = now_ms() / 1000;
+        let mut pages = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .index_name(STATUS_INDEX)
+            .key_condition_expression("tenant = :tenant AND #s = :status")
+            // TTL deletes expired jobs up to days late.
+            .filter_expression("expires_at > :now")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":tenant", s(tenant))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":now", n(now_s))
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .into_paginator()
+            .send();
+        let mut total = 0u64;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| JobError::Storage(error_text(e)))?;
+            total += u64::try_from(page.count()).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Sends the job's message, then clears its outbox marker. Sending twice is harmless.

@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sophia_shared::jobs::JobStatus;
+use sophia_shared::jobs::store::JobStore;
 
 use crate::stack::{Launch, Stack, listening, signal};
 
@@ -375,11 +377,21 @@ async fn consumer_killed(stack: &Stack, injected: &mut Injected) -> Result<Strin
     let pid = injected.pid(stack, "jobs-event-source")?;
     let launch = Launch::of(pid)?;
     // Wait (at most 10 s) for a batch in flight: a job RUNNING.
-    let jobs_table = stack.var("JOBS_TABLE")?.to_owned();
+    // Retention only matters to writes; this store only counts.
+    let jobs = JobStore::new(
+        stack.dynamodb.clone(),
+        stack.sqs.clone(),
+        stack.var("JOBS_TABLE")?.to_owned(),
+        stack.var("JOBS_QUEUE_URL")?.to_owned(),
+        86_400,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut running = 0;
     while Instant::now() < deadline {
-        running = running_jobs(stack, &jobs_table).await;
+        running = jobs
+            .count("chaos-jobs", JobStatus::Running)
+            .await
+            .unwrap_or(0);
         if running > 0 {
             break;
         }
@@ -391,29 +403,6 @@ async fn consumer_killed(stack: &Stack, injected: &mut Injected) -> Result<Strin
     Ok(format!(
         "jobs consumer killed mid-batch ({running} job(s) running) and started again"
     ))
-}
-
-async fn running_jobs(stack: &Stack, table: &str) -> usize {
-    stack
-        .dynamodb
-        .query()
-        .table_name(table)
-        .index_name("by_tenant_status")
-        .key_condition_expression("tenant = :t AND #s = :running")
-        .expression_attribute_names("#s", "status")
-        .expression_attribute_values(
-            ":t",
-            aws_sdk_dynamodb::types::AttributeValue::S("chaos-jobs".into()),
-        )
-        .expression_attribute_values(
-            ":running",
-            aws_sdk_dynamodb::types::AttributeValue::S("RUNNING".into()),
-        )
-        .select(aws_sdk_dynamodb::types::Select::Count)
-        .send()
-        .await
-        .map(|o| usize::try_from(o.count()).unwrap_or(0))
-        .unwrap_or(0)
 }
 
 /// The fleet token's four rotation steps (what Secrets Manager invokes).
