@@ -156,17 +156,13 @@ pub async fn jobs(
         .map(|(id, (s, _))| format!("{id} {s}"))
         .collect();
     let (billed, _) = billed_requests(stack, "chaos-jobs").await?;
-    let headers = [("authorization".to_owned(), format!("Bearer {admin_token}"))];
-    let letters = stack
-        .send(
-            http::Method::GET,
+    let (_, letters) = stack
+        .get_json(
             "/v1/admin/queues/jobs/dead-letters",
-            &headers,
-            None,
+            admin_token,
             Duration::from_secs(30),
         )
         .await?;
-    let letters: Value = serde_json::from_slice(&letters.body).unwrap_or(Value::Null);
     let dead_ids: Vec<String> = letters["messages"]
         .as_array()
         .into_iter()
@@ -223,27 +219,19 @@ pub async fn memories(
     limit: Duration,
 ) -> Result<Verdict, String> {
     let deadline = Instant::now() + limit;
-    let headers = [("authorization".to_owned(), format!("Bearer {token}"))];
     let mut missing = Vec::new();
     let mut pending = Vec::new();
     loop {
         missing.clear();
         pending.clear();
         for id in &ledger.memories {
-            let answer = stack
-                .send(
-                    http::Method::GET,
-                    &format!("/v1/memory/{id}"),
-                    &headers,
-                    None,
-                    Duration::from_secs(30),
-                )
+            let (status, memory) = stack
+                .get_json(&format!("/v1/memory/{id}"), token, Duration::from_secs(30))
                 .await?;
-            if answer.status != 200 {
-                missing.push(format!("{id}: {}", answer.status));
+            if status != 200 {
+                missing.push(format!("{id}: {status}"));
                 continue;
             }
-            let memory: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
             if memory["vector"] != "ready" {
                 pending.push(id.clone());
             }
@@ -527,20 +515,12 @@ pub async fn audit(stack: &Stack, tenants: &[&Tenant]) -> Result<Verdict, String
     let mut entries = 0;
     for tenant in tenants {
         let token = stack.token(tenant).await?;
-        let headers = [("authorization".to_owned(), format!("Bearer {token}"))];
-        let answer = stack
-            .send(
-                http::Method::GET,
-                "/v1/admin/audit/verify",
-                &headers,
-                None,
-                Duration::from_secs(60),
-            )
+        let (status, body) = stack
+            .get_json("/v1/admin/audit/verify", &token, Duration::from_secs(60))
             .await?;
-        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         entries += body["entries"].as_u64().unwrap_or(0);
         if body["intact"] != true {
-            broken.push(format!("{}: {} {body}", tenant.name, answer.status));
+            broken.push(format!("{}: {status} {body}", tenant.name));
         }
     }
     Ok(verdict(

@@ -131,6 +131,22 @@ impl Stack {
             .map_err(|e| format!("{path}: {e}"))
     }
 
+    /// `GET path` with `token` as the bearer: the status and the JSON body
+    /// (null when the body is not JSON).
+    pub async fn get_json(
+        &self,
+        path: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Value), String> {
+        let headers = [("authorization".to_owned(), format!("Bearer {token}"))];
+        let answer = self
+            .send(http::Method::GET, path, &headers, None, timeout)
+            .await?;
+        let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        Ok((answer.status, body))
+    }
+
     /// Invokes `function` with `event` through `cargo lambda watch` (Lambda's
     /// Invoke API), as its schedule or Secrets Manager would; the answer's body.
     pub async fn invoke(&self, function: &str, event: &Value) -> Result<Value, String> {
