@@ -94,11 +94,9 @@ async fn main() {
     // on the machine meanwhile (its page cache, a neighbour) touches every
     // function alike, and the ratios to api-health stay comparable.
     let mut samples: Vec<[Vec<f64>; 3]> = FUNCTIONS.iter().map(|_| Default::default()).collect();
+    let mut commands = commands(&root, &release, &coldstart, &env, &stack);
     for _ in 0..args.runs {
-        for (at, command) in commands(&root, &release, &coldstart, &env, &stack)
-            .iter_mut()
-            .enumerate()
-        {
+        for (at, command) in commands.iter_mut().enumerate() {
             let (function, _, _) = FUNCTIONS[at];
             let output = command.output().expect("running coldstart");
             let text = String::from_utf8_lossy(&output.stdout).into_owned();
