@@ -2,11 +2,13 @@
 //!
 //! A protected route requires `Authorization: Bearer <access token>`; the
 //! pipeline verifies it (no network round trip: keys and the revocation list are
-//! cached), checks the route's scope, and hands the handler a [`Principal`]
-//! whose tenant comes from the token only — never from the body, path or query.
+//! cached, and a token verified before is remembered, [`verified`]), checks the
+//! route's scope, and hands the handler a [`Principal`] whose tenant comes from
+//! the token only — never from the body, path or query.
 
 pub mod store;
 pub mod tokens;
+pub mod verified;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crate::config::{ConfigError, Env};
 use crate::problem::ApiError;
 use store::{AuthStore, RevocationCache};
 use tokens::{KeyRing, TokenError, TokenPolicy};
+use verified::{Verified, VerifiedTokens};
 
 pub const SCOPE_CHAT: &str = "chat";
 pub const SCOPE_JOBS: &str = "jobs";
@@ -133,6 +136,17 @@ impl KeySource {
         self.ring.read().await.1.clone()
     }
 
+    /// Whether the ring as last read has key `kid` (no refresh).
+    pub async fn knows(&self, kid: &str) -> bool {
+        self.ring.read().await.1.contains(kid)
+    }
+
+    /// Replaces the ring as if just read (tests: a rotation that retired a key).
+    #[cfg(test)]
+    async fn replace(&self, ring: KeyRing) {
+        *self.ring.write().await = (Instant::now(), ring);
+    }
+
     /// The ring, refreshed first if it lacks `kid` and was not read recently.
     async fn ring_for(&self, kid: Option<&str>) -> KeyRing {
         {
@@ -206,6 +220,7 @@ pub struct Authenticator {
     policy: TokenPolicy,
     keys: Arc<KeySource>,
     revocations: RevocationCache,
+    verified: VerifiedTokens,
 }
 
 impl Authenticator {
@@ -214,6 +229,7 @@ impl Authenticator {
             policy: settings.policy.clone(),
             keys,
             revocations: RevocationCache::new(store, settings.revocation_cache),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -273,9 +289,7 @@ impl Authenticator {
         scope: &str,
     ) -> Result<Principal, ApiError> {
         let token = bearer(headers)?;
-        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
-        let ring = self.keys.ring_for(kid.as_deref()).await;
-        let claims = self.policy.verify(&ring, token).map_err(unauthorized)?;
+        let claims = self.verified_claims(token).await?;
         match self.revocations.is_revoked(&claims.fam).await {
             Ok(false) => {}
             Ok(true) => return Err(unauthorized(TokenError::Revoked)),
@@ -304,6 +318,30 @@ impl Authenticator {
             family: claims.fam,
         })
     }
+
+    /// The token's claims: remembered if this instance verified it before and
+    /// its key is still in the ring ([`verified`]), else verified now.
+    async fn verified_claims(&self, token: &str) -> Result<tokens::Claims, ApiError> {
+        let now = crate::clock::now_secs();
+        if let Some(hit) = self.verified.get(token, now)
+            && self.keys.knows(&hit.kid).await
+        {
+            return Ok(hit.claims);
+        }
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        let ring = self.keys.ring_for(kid.as_deref()).await;
+        let claims = self.policy.verify(&ring, token).map_err(unauthorized)?;
+        if let Some(kid) = kid {
+            let until = claims.exp.saturating_add(self.policy.leeway_secs);
+            let remembered = Verified {
+                claims: claims.clone(),
+                kid,
+                until,
+            };
+            self.verified.insert(token, remembered, now);
+        }
+        Ok(claims)
+    }
 }
 
 fn unauthorized(error: TokenError) -> ApiError {
@@ -327,4 +365,114 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         return Err(missing());
     }
     Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD_KEY: &str =
+        r#"{"kid": "old", "secret": "an-old-signing-key-of-at-least-thirty-two-bytes-for-hs256"}"#;
+    const NEW_KEY: &str =
+        r#"{"kid": "new", "secret": "a-new-signing-key-of-at-least-thirty-two-bytes-for-hs256!"}"#;
+
+    /// An authenticator that needs no network: the ring is given, the
+    /// revocation list preloaded (tokens name known keys, so no re-read).
+    async fn authenticator(ring: &str) -> (Authenticator, AuthSettings) {
+        let settings = AuthSettings::from_env(&Env::new(&[
+            ("AUTH_TABLE", "a"),
+            ("SIGNING_KEYS_SECRET", "k"),
+        ]))
+        .unwrap();
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let keys = KeySource::fixed(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            "k".into(),
+            KeyRing::from_json(ring).unwrap(),
+        );
+        let store = Arc::new(AuthStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            "a".into(),
+        ));
+        let auth = Authenticator::new(&settings, Arc::new(keys), store);
+        auth.preload_revocations(["revoked-family".to_owned()].into())
+            .await;
+        (auth, settings)
+    }
+
+    fn bearer_headers(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    fn token(settings: &AuthSettings, ring: &str, family: &str) -> String {
+        let policy = &settings.policy;
+        let claims = policy.claims("alice", "acme", &["chat".to_owned()], family);
+        policy
+            .sign(&KeyRing::from_json(ring).unwrap(), &claims)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_gets_every_per_request_check() {
+        let (auth, settings) = authenticator(OLD_KEY).await;
+        let good = bearer_headers(&token(&settings, OLD_KEY, "fam-1"));
+        let principal = auth.authenticate(&good, SCOPE_CHAT).await.unwrap();
+        assert_eq!(
+            (principal.tenant.as_str(), principal.subject.as_str()),
+            ("acme", "alice")
+        );
+        assert_eq!(auth.verified.len(), 1);
+        // Served from memory: the same principal, nothing new remembered.
+        assert_eq!(
+            auth.authenticate(&good, SCOPE_CHAT).await.unwrap(),
+            principal
+        );
+        assert_eq!(auth.verified.len(), 1);
+        // The scope is the route's, checked every time.
+        assert!(matches!(
+            auth.authenticate(&good, SCOPE_ADMIN).await,
+            Err(ApiError::Forbidden { .. })
+        ));
+        // So is revocation.
+        let revoked = bearer_headers(&token(&settings, OLD_KEY, "revoked-family"));
+        for _ in 0..2 {
+            assert!(matches!(
+                auth.authenticate(&revoked, SCOPE_CHAT).await,
+                Err(ApiError::Unauthorized { .. })
+            ));
+        }
+        // A tampered token is verified (and refused), never matched to a remembered one.
+        let tampered = format!("{}x", token(&settings, OLD_KEY, "fam-1"));
+        assert!(
+            auth.authenticate(&bearer_headers(&tampered), SCOPE_CHAT)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_of_a_retired_key_is_refused() {
+        let (auth, settings) = authenticator(OLD_KEY).await;
+        let old = bearer_headers(&token(&settings, OLD_KEY, "fam-1"));
+        auth.authenticate(&old, SCOPE_CHAT).await.unwrap();
+        assert_eq!(auth.verified.len(), 1);
+        // A rotation that dropped the old key: its tokens stop working at once.
+        auth.keys
+            .replace(KeyRing::from_json(NEW_KEY).unwrap())
+            .await;
+        assert!(matches!(
+            auth.authenticate(&old, SCOPE_CHAT).await,
+            Err(ApiError::Unauthorized { .. })
+        ));
+        let new = bearer_headers(&token(&settings, NEW_KEY, "fam-1"));
+        auth.authenticate(&new, SCOPE_CHAT).await.unwrap();
+    }
 }
