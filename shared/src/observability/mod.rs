@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 use http::HeaderMap;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -344,53 +344,118 @@ impl MetricSet {
 
     /// The EMF JSON document, e.g. for tests.
     pub fn to_json(&self) -> Value {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut root = self.properties.clone();
-        for (name, value) in &self.dimensions {
-            root.insert((*name).to_owned(), Value::String(value.clone()));
-        }
-        for (name, _, value) in &self.metrics {
-            root.insert((*name).to_owned(), json!(value));
-        }
-        let dimension_names: Vec<&str> = self.dimensions.iter().map(|(name, _)| *name).collect();
-        let definitions: Vec<Value> = self
-            .metrics
-            .iter()
-            .map(|(name, unit, _)| json!({ "Name": name, "Unit": unit }))
-            .collect();
-        root.insert(
-            "_aws".to_owned(),
-            json!({
-                "Timestamp": timestamp,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [dimension_names],
-                    "Metrics": definitions,
-                }],
-            }),
-        );
-        Value::Object(root)
+        serde_json::to_value(self.document(now_millis())).unwrap_or(Value::Null)
     }
 
     /// Writes the document as one stdout line, where the Lambda log agent picks it up.
     pub fn emit(&self) {
-        let document = self.to_json();
+        let document = self.document(now_millis());
         if let Some(sink) = EMF_SINK.get() {
-            sink(&document);
+            sink(&serde_json::to_value(&document).unwrap_or(Value::Null));
         }
-        let line = document.to_string();
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{line}");
+        // Serialized straight from the set (every request emits one or two of
+        // these): building a `Value` first cost as much again.
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, &document).is_ok() {
+            line.push(b'\n');
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
     }
+
+    fn document(&self, timestamp: u64) -> EmfDocument<'_> {
+        EmfDocument {
+            set: self,
+            timestamp,
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A [`MetricSet`] as EMF: its properties, dimensions and metrics as top-level
+/// members (a later kind wins a name clash, as a map insert would: metrics over
+/// dimensions over properties, so no member appears twice) and the `_aws`
+/// directive naming them.
+struct EmfDocument<'a> {
+    set: &'a MetricSet,
+    timestamp: u64,
+}
+
+impl serde::Serialize for EmfDocument<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let set = self.set;
+        let metric = |name: &str| set.metrics.iter().any(|(m, _, _)| *m == name);
+        let dimension = |name: &str| set.dimensions.iter().any(|(d, _)| *d == name);
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in &set.properties {
+            if name != "_aws" && !metric(name) && !dimension(name) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        for (index, (name, value)) in set.dimensions.iter().enumerate() {
+            let later = set.dimensions[index + 1..].iter().any(|(d, _)| d == name);
+            if !later && !metric(name) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        for (index, (name, _, value)) in set.metrics.iter().enumerate() {
+            if !set.metrics[index + 1..].iter().any(|(m, _, _)| m == name) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        let directive = EmfDirective {
+            namespace: set.namespace,
+            dimensions: [set.dimensions.iter().map(|(name, _)| *name).collect()],
+            metrics: set
+                .metrics
+                .iter()
+                .map(|(name, unit, _)| EmfMetric { name, unit })
+                .collect(),
+        };
+        map.serialize_entry(
+            "_aws",
+            &EmfMetadata {
+                timestamp: self.timestamp,
+                cloud_watch_metrics: [directive],
+            },
+        )?;
+        map.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EmfMetadata<'a> {
+    timestamp: u64,
+    cloud_watch_metrics: [EmfDirective<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EmfDirective<'a> {
+    namespace: &'a str,
+    dimensions: [Vec<&'a str>; 1],
+    metrics: Vec<EmfMetric<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EmfMetric<'a> {
+    name: &'a str,
+    unit: &'a str,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use serde_json::json;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -478,6 +543,27 @@ mod tests {
             json!({"Name": "Latency", "Unit": "Milliseconds"})
         );
         assert!(doc["_aws"]["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn an_emf_line_names_each_member_once_and_matches_the_document() {
+        let set = MetricSet::new("Sophia")
+            .property("Service", "a property")
+            .property("outcome", "ok")
+            .dimension("Service", "api-chat")
+            .count("Requests", 1.0)
+            .millis("Requests", 3.0);
+        let line = serde_json::to_string(&set.document(42)).unwrap();
+        assert_eq!(line.matches("\"Service\":").count(), 1, "{line}");
+        assert_eq!(line.matches("\"Requests\":").count(), 1, "{line}");
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["Service"], "api-chat");
+        assert_eq!(parsed["Requests"], 3.0);
+        assert_eq!(parsed["outcome"], "ok");
+        assert_eq!(parsed["_aws"]["Timestamp"], 42);
+        let mut document = set.to_json();
+        document["_aws"]["Timestamp"] = json!(42);
+        assert_eq!(parsed, document);
     }
 
     #[test]
