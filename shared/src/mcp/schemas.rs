@@ -29,15 +29,23 @@ pub enum SchemaError {
 }
 
 impl Schemas {
-    /// Parses the document compiled into this binary.
+    /// Parses the component schemas of the document compiled into this binary.
+    /// Only they are built into values: the paths (the larger part) are
+    /// skipped unparsed, which keeps api-mcp's cold start short.
     pub fn load() -> Result<Self, SchemaError> {
-        let document: Value = serde_json::from_str(OPENAPI).map_err(|_| SchemaError::Document)?;
-        match document.pointer("/components/schemas") {
-            Some(Value::Object(components)) => Ok(Self {
-                components: components.clone(),
-            }),
-            _ => Err(SchemaError::Document),
+        #[derive(serde::Deserialize)]
+        struct Document {
+            components: Components,
         }
+        #[derive(serde::Deserialize)]
+        struct Components {
+            schemas: Map<String, Value>,
+        }
+        let document: Document =
+            serde_json::from_str(OPENAPI).map_err(|_| SchemaError::Document)?;
+        Ok(Self {
+            components: document.components.schemas,
+        })
     }
 
     /// The self-contained schema of component `name`, typed `object` at its
