@@ -59,8 +59,8 @@ mod layering;
 /// allocates with mimalloc rather than the platform's malloc: a request is
 /// mostly small, short-lived allocations (JSON values, headers, SDK request
 /// builders), and on the chat route glibc's malloc and its free-list
-/// consolidation took a fifth of the CPU. Measured in BENCHMARKS.md ("After
-/// (3)"): api-chat's added p99 fell by about a quarter. Built with `no_thp`
+/// consolidation took a fifth of the CPU samples (mimalloc: a twelfth;
+/// BENCHMARKS.md, api-chat's "After (3)"). Built with `no_thp`
 /// (and `MIMALLOC_ALLOW_THP=0` in the template): its arenas on transparent huge
 /// pages raised every function's peak RSS by ~7 MiB.
 #[global_allocator]
