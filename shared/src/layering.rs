@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer: a module may import its own layer or lower ones.
-const LAYERS: [(&str, u8); 16] = [
+const LAYERS: [(&str, u8); 17] = [
+    ("bounded", 0),
     ("config", 0),
     ("clock", 0),
     ("observability", 0),

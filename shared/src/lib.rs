@@ -37,6 +37,7 @@
 
 pub mod auth;
 pub mod aws;
+pub mod bounded;
 pub mod clock;
 pub mod config;
 pub mod fleet;

@@ -20,7 +20,7 @@ use crate::config::{ConfigError, Env};
 use crate::problem::ApiError;
 use store::{AuthStore, RevocationCache};
 use tokens::{KeyRing, TokenError, TokenPolicy};
-use verified::{Verified, VerifiedTokens};
+use verified::{TokenDigest, Verified, VerifiedTokens};
 
 pub const SCOPE_CHAT: &str = "chat";
 pub const SCOPE_JOBS: &str = "jobs";
@@ -323,7 +323,8 @@ impl Authenticator {
     /// its key is still in the ring ([`verified`]), else verified now.
     async fn verified_claims(&self, token: &str) -> Result<tokens::Claims, ApiError> {
         let now = crate::clock::now_secs();
-        if let Some(hit) = self.verified.get(token, now)
+        let digest = TokenDigest::of(token);
+        if let Some(hit) = self.verified.get(&digest, now)
             && self.keys.knows(&hit.kid).await
         {
             return Ok(hit.claims);
@@ -338,7 +339,7 @@ impl Authenticator {
                 kid,
                 until,
             };
-            self.verified.insert(token, remembered, now);
+            self.verified.insert(digest, remembered, now);
         }
         Ok(claims)
     }

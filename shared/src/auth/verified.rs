@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::tokens::Claims;
+use crate::bounded::make_room;
 
 /// Tokens remembered per instance.
 pub const CAPACITY: usize = 1024;
@@ -59,13 +60,12 @@ impl VerifiedTokens {
 
     /// What verifying `token` decided, if it was verified here and is still
     /// within its lifetime at `now`.
-    pub fn get(&self, token: &str, now: u64) -> Option<Verified> {
-        let key = digest(token);
+    pub fn get(&self, token: &TokenDigest, now: u64) -> Option<Verified> {
         let mut entries = self.lock();
-        match entries.get(&key) {
+        match entries.get(&token.0) {
             Some(entry) if now <= entry.until => Some(entry.clone()),
             Some(_) => {
-                entries.remove(&key);
+                entries.remove(&token.0);
                 None
             }
             None => None,
@@ -73,15 +73,12 @@ impl VerifiedTokens {
     }
 
     /// Remembers a token that verification accepted at `now`.
-    pub fn insert(&self, token: &str, verified: Verified, now: u64) {
+    pub fn insert(&self, token: TokenDigest, verified: Verified, now: u64) {
         let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            entries.retain(|_, entry| now <= entry.until);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries.insert(digest(token), verified);
+        make_room(&mut entries, &token.0, self.capacity, |entry| {
+            now <= entry.until
+        });
+        entries.insert(token.0, verified);
     }
 
     pub fn len(&self) -> usize {
@@ -101,8 +98,14 @@ impl VerifiedTokens {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// A token's SHA-256: what the map is keyed by, computed once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
 }
 
 #[cfg(test)]
@@ -131,10 +134,17 @@ mod tests {
     #[test]
     fn a_token_is_served_until_its_last_second_and_not_after() {
         let tokens = VerifiedTokens::default();
-        tokens.insert("token-a", verified("alice", 100), 50);
-        assert_eq!(tokens.get("token-a", 100).unwrap().claims.sub, "alice");
-        assert!(tokens.get("token-b", 100).is_none());
-        assert!(tokens.get("token-a", 101).is_none());
+        tokens.insert(TokenDigest::of("token-a"), verified("alice", 100), 50);
+        assert_eq!(
+            tokens
+                .get(&TokenDigest::of("token-a"), 100)
+                .unwrap()
+                .claims
+                .sub,
+            "alice"
+        );
+        assert!(tokens.get(&TokenDigest::of("token-b"), 100).is_none());
+        assert!(tokens.get(&TokenDigest::of("token-a"), 101).is_none());
         // The expired entry is gone, not only hidden.
         assert!(tokens.is_empty());
     }
@@ -142,17 +152,36 @@ mod tests {
     #[test]
     fn a_full_map_drops_expired_entries_first_then_starts_over() {
         let tokens = VerifiedTokens::with_capacity(3);
-        tokens.insert("old", verified("old", 10), 5);
-        tokens.insert("a", verified("a", 100), 5);
-        tokens.insert("b", verified("b", 100), 5);
+        tokens.insert(TokenDigest::of("old"), verified("old", 10), 5);
+        tokens.insert(TokenDigest::of("a"), verified("a", 100), 5);
+        tokens.insert(TokenDigest::of("b"), verified("b", 100), 5);
         // Full at second 20: "old" has expired and makes room.
-        tokens.insert("c", verified("c", 100), 20);
+        tokens.insert(TokenDigest::of("c"), verified("c", 100), 20);
         assert_eq!(tokens.len(), 3);
-        assert!(tokens.get("a", 20).is_some() && tokens.get("c", 20).is_some());
+        assert!(
+            tokens.get(&TokenDigest::of("a"), 20).is_some()
+                && tokens.get(&TokenDigest::of("c"), 20).is_some()
+        );
         // Full again and nothing expired: it starts over with the new token only.
-        tokens.insert("d", verified("d", 100), 20);
+        tokens.insert(TokenDigest::of("d"), verified("d", 100), 20);
         assert_eq!(tokens.len(), 1);
-        assert!(tokens.get("d", 20).is_some());
-        assert!(tokens.get("a", 20).is_none());
+        assert!(tokens.get(&TokenDigest::of("d"), 20).is_some());
+        assert!(tokens.get(&TokenDigest::of("a"), 20).is_none());
+    }
+
+    #[test]
+    fn a_token_verified_again_replaces_its_entry_in_a_full_map() {
+        let tokens = VerifiedTokens::with_capacity(2);
+        tokens.insert(TokenDigest::of("a"), verified("a", 100), 5);
+        tokens.insert(TokenDigest::of("b"), verified("b", 100), 5);
+        // A remembered token whose key was retired is verified again: the
+        // others stay.
+        tokens.insert(TokenDigest::of("a"), verified("a2", 100), 6);
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            tokens.get(&TokenDigest::of("a"), 6).unwrap().claims.sub,
+            "a2"
+        );
+        assert!(tokens.get(&TokenDigest::of("b"), 6).is_some());
     }
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::bounded::make_room;
 use crate::config::{ConfigError, Env};
 
 /// Callers remembered at most; beyond it the oldest half is forgotten (which
@@ -72,13 +73,10 @@ impl KnownRoom {
             callers.remove(caller);
             return;
         }
-        if callers.len() >= MAX_CALLERS && !callers.contains_key(caller) {
-            let window = self.window;
-            callers.retain(|_, at| at.elapsed() < window);
-            if callers.len() >= MAX_CALLERS {
-                callers.clear();
-            }
-        }
+        let window = self.window;
+        make_room(&mut callers, caller, MAX_CALLERS, |at| {
+            at.elapsed() < window
+        });
         callers.insert(caller.to_owned(), Instant::now());
     }
 

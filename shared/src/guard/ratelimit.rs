@@ -30,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use tokio::sync::Mutex;
 
+use crate::bounded::make_room;
 use crate::config::{ConfigError, Env};
 
 const MAX_ATTEMPTS: usize = 4;
@@ -400,13 +401,10 @@ impl Limiter {
             return;
         }
         let mut leases = self.state.leases();
-        if leases.len() >= MAX_CACHED_KEYS && !leases.contains_key(key) {
-            // Callers not seen for two lease times have no demand left to keep.
-            leases.retain(|_, l| now.saturating_sub(l.window_us) < 2 * ttl);
-            if leases.len() >= MAX_CACHED_KEYS {
-                leases.clear();
-            }
-        }
+        // Callers not seen for two lease times have no demand left to keep.
+        make_room(&mut leases, key, MAX_CACHED_KEYS, |l| {
+            now.saturating_sub(l.window_us) < 2 * ttl
+        });
         let lease = leases.entry(key.to_owned()).or_insert_with(|| {
             let mut first = Lease::first(now);
             first.count(now, ttl);
@@ -427,14 +425,9 @@ impl State {
 
     async fn remember(&self, key: &str, tat: u64) {
         let mut seen = self.seen.lock().await;
-        if seen.len() >= MAX_CACHED_KEYS && !seen.contains_key(key) {
-            // Keys of long-gone callers: forgetting one only costs a round trip.
-            let now = now_us();
-            seen.retain(|_, tat| *tat > now);
-            if seen.len() >= MAX_CACHED_KEYS {
-                seen.clear();
-            }
-        }
+        // Keys of long-gone callers: forgetting one only costs a round trip.
+        let now = now_us();
+        make_room(&mut seen, key, MAX_CACHED_KEYS, |tat| *tat > now);
         let entry = seen.entry(key.to_owned()).or_insert(tat);
         *entry = (*entry).max(tat);
     }
