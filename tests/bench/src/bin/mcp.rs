@@ -7,7 +7,10 @@
 //!    wall time minus the time AWS calls were in flight (their union, as some
 //!    run concurrently; rate-limit writes, which lease refills make in the
 //!    background, are not subtracted), i.e. our code and the SDK's, not moto's
-//!    service time.
+//!    service time. Each round also makes the tool's own library call
+//!    (`read_own`, what `job_status` and `GET /v1/jobs/{id}` call) directly,
+//!    timed the same way; the paired difference is what the gateway adds over
+//!    the tool's own storage round trip (issue 13's goal).
 //!    The AWS calls are counted by operation.
 //! 2. A federated call (`everything__echo` on server-everything from npm)
 //!    through the handler, paired with the same call made directly to the
@@ -28,10 +31,13 @@ use aws_smithy_runtime_api::client::http::{
     SharedHttpConnector,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
 use clap::Parser;
 use harness::mcp::Upstream;
 use harness::{issue_token_for, local_aws, start_sim, unique_stack, with_bearer};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sophia_shared::aws::{AwsSettings, configure};
 use sophia_shared::config::Env;
@@ -42,6 +48,10 @@ struct Args {
     /// Calls measured per case (after a warm-up of 20).
     #[arg(long, default_value_t = 300)]
     calls: usize,
+    /// Print the AWS calls' timeline of every built-in round whose overhead
+    /// exceeds this many milliseconds (to stderr; for reading a tail).
+    #[arg(long)]
+    explain_over: Option<f64>,
 }
 
 /// In-flight intervals of every AWS call.
@@ -86,13 +96,23 @@ impl HttpConnector for TimingConnector {
         let recorder = self.recorder.clone();
         HttpConnectorFuture::new(async move {
             let started = Instant::now();
-            let response = inner.await;
+            let mut response = inner.await?;
+            // On the wire until the body's last byte: moto writes the headers
+            // and the body apart, and its other threads can hold the GIL for
+            // a switch interval (5 ms) in between.
+            let body = response
+                .take_body()
+                .collect()
+                .await
+                .map_err(ConnectorError::io)?
+                .to_bytes();
+            *response.body_mut() = SdkBody::from(body);
             recorder
                 .calls
                 .lock()
                 .unwrap()
                 .push((operation, started, Instant::now()));
-            response
+            Ok(response)
         })
     }
 }
@@ -132,6 +152,21 @@ fn union(calls: &[(String, Instant, Instant)]) -> Duration {
         total += b - a;
     }
     total
+}
+
+/// One slow round: its overhead and when each AWS call was on the wire,
+/// in ms from the handler's start.
+fn explain(ours: f64, started: Instant, elapsed: Duration, calls: &[(String, Instant, Instant)]) {
+    let at = |instant: &Instant| instant.saturating_duration_since(started).as_secs_f64() * 1000.0;
+    let timeline: Vec<String> = calls
+        .iter()
+        .map(|(operation, from, to)| format!("{operation} {:.2}..{:.2}", at(from), at(to)))
+        .collect();
+    eprintln!(
+        "mcp: slow round: overhead {ours:.2} ms of {:.2} ms: {}",
+        elapsed.as_secs_f64() * 1000.0,
+        timeline.join(", ")
+    );
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -248,7 +283,20 @@ async fn main() {
     let mut cpu = Vec::new();
     let mut operations: BTreeMap<String, usize> = BTreeMap::new();
     let (mut with_refill, mut without_refill) = (Vec::new(), Vec::new());
+    // The tool's own work without the gateway: the library call job_status
+    // (and GET /v1/jobs/{id}) makes, through the same SDK configuration.
+    let jobs = sophia_shared::jobs::store::JobStore::from_env(&Env::new(&env), &sdk).unwrap();
+    let (mut own, mut added) = (Vec::new(), Vec::new());
     for round in 0..args.calls + 20 {
+        recorder.take();
+        let started = Instant::now();
+        let job = sophia_shared::jobs::submit::read_own(&jobs, "bench", &id)
+            .await
+            .unwrap()
+            .to_public_json();
+        let own_elapsed = started.elapsed();
+        let own_overhead = own_elapsed.saturating_sub(union(&recorder.take()));
+        assert_eq!(job["id"], id.as_str());
         // The client's side (building the request, reading the answer) is
         // outside the clock: only the handler is timed.
         let request = call_request(&token, "job_status", json!({"id": id}));
@@ -263,17 +311,23 @@ async fn main() {
         if round < 20 {
             continue;
         }
-        let added = elapsed.saturating_sub(union(&calls)).as_secs_f64() * 1000.0;
+        let ours = elapsed.saturating_sub(union(&calls)).as_secs_f64() * 1000.0;
+        let own_ms = own_overhead.as_secs_f64() * 1000.0;
+        if args.explain_over.is_some_and(|limit| ours > limit) {
+            explain(ours, started, elapsed, &calls);
+        }
         cpu.push(cpu_used.as_secs_f64() * 1000.0);
         wall.push(elapsed.as_secs_f64() * 1000.0);
-        overhead.push(added);
+        overhead.push(ours);
+        own.push(own_ms);
+        added.push(ours - own_ms);
         if calls
             .iter()
             .any(|(operation, _, _)| operation == "UpdateItem")
         {
-            with_refill.push(added);
+            with_refill.push(ours);
         } else {
-            without_refill.push(added);
+            without_refill.push(ours);
         }
         calls_per.push(calls.len() as f64);
         for (operation, _, _) in calls {
@@ -288,6 +342,17 @@ async fn main() {
     report(
         "built-in job_status: CPU time of ours, the tool's GetItem included",
         cpu,
+    );
+    // Issue 13's goal excludes the tool's own storage round trip: the same
+    // library call made directly (its SDK work included, its wire time not) is
+    // subtracted round by round, as the chat bench pairs a direct call.
+    report(
+        "built-in job_status: the tool's own call alone (wall - AWS in flight)",
+        own,
+    );
+    report(
+        "built-in job_status: added over the tool's own call (paired)",
+        added,
     );
     // A lease refill (a rate-limit UpdateItem on this thread) in the round is
     // what the tail is made of; the split shows how much.
