@@ -12,7 +12,7 @@ pub mod otel;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -280,10 +280,7 @@ impl RequestContext {
 /// past deadline (tests, local tools) falls back to `default_budget` from now.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, default_budget: Duration) -> std::time::Instant {
     let now = std::time::Instant::now();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = crate::clock::now_ms();
     if deadline_ms > now_ms {
         now + Duration::from_millis(deadline_ms - now_ms)
     } else {
@@ -344,12 +341,12 @@ impl MetricSet {
 
     /// The EMF JSON document, e.g. for tests.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.document(now_millis())).unwrap_or(Value::Null)
+        serde_json::to_value(self.document(crate::clock::now_ms())).unwrap_or(Value::Null)
     }
 
     /// Writes the document as one stdout line, where the Lambda log agent picks it up.
     pub fn emit(&self) {
-        let document = self.document(now_millis());
+        let document = self.document(crate::clock::now_ms());
         if let Some(sink) = EMF_SINK.get() {
             sink(&serde_json::to_value(&document).unwrap_or(Value::Null));
         }
@@ -368,13 +365,6 @@ impl MetricSet {
             timestamp,
         }
     }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A [`MetricSet`] as EMF: its properties, dimensions and metrics as top-level
