@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use crate::bounded::make_room;
 use crate::config::{ConfigError, Env};
 
-/// Callers remembered at most; beyond it the oldest half is forgotten (which
-/// only costs them one sequential round trip).
+/// Callers remembered at most; beyond it those outside the window are
+/// forgotten, and all of them if none is ([`make_room`]; which only costs each
+/// one sequential round trip).
 const MAX_CALLERS: usize = 10_000;
 
 /// Requests left (of the rate limits and of the daily quota) for the last

@@ -354,8 +354,9 @@ async fn main() {
         "built-in job_status: added over the tool's own call (paired)",
         added,
     );
-    // A lease refill (a rate-limit UpdateItem on this thread) in the round is
-    // what the tail is made of; the split shows how much.
+    // A lease refill (a rate-limit UpdateItem on this thread) in the round made
+    // the tail before refills stepped aside for the request; the split keeps
+    // that visible.
     report(
         "built-in job_status: overhead, rounds with a lease refill",
         with_refill,
