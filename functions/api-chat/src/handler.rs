@@ -306,9 +306,11 @@ async fn admitted_with<T>(
     // joined with admission it would be copied into the caller's frame.
     let fleet = Box::pin(fleet);
     let (left, admitted) = if deps.known_room.has_room(caller) {
-        match futures_util::join!(admission(deps, api, tenant), fleet) {
-            (Ok(left), done) => (Some(left), Admitted::Yes(done)),
-            (Err(denied), done) => (None, Admitted::RefusedAlongside(denied, done)),
+        // The fleet future first: its request leaves before admission's SDK
+        // call is built and signed, so that work overlaps the fleet's answer.
+        match futures_util::join!(fleet, admission(deps, api, tenant)) {
+            (done, Ok(left)) => (Some(left), Admitted::Yes(done)),
+            (done, Err(denied)) => (None, Admitted::RefusedAlongside(denied, done)),
         }
     } else {
         match admission(deps, api, tenant).await {
@@ -459,10 +461,12 @@ async fn stream(
 ) -> Result<SseStream, ApiError> {
     let billing = &deps.inference.billing;
     let fleet = async {
-        futures_util::join!(
-            billing.ledger.open(&owed),
-            deps.inference.fleet.chat_stream(permit, body, &api.ctx)
-        )
+        // The fleet call first: it leaves before the ledger's PutItem is signed.
+        let (upstream, opened) = futures_util::join!(
+            deps.inference.fleet.chat_stream(permit, body, &api.ctx),
+            billing.ledger.open(&owed)
+        );
+        (opened, upstream)
     };
     let (admitted, (opened, upstream)) =
         match admitted_with(deps, api, &owed.tenant, caller, fleet).await {

@@ -138,9 +138,11 @@ impl Inference {
         body: &Value,
         ctx: &RequestContext,
     ) -> (Result<FleetReply, FleetError>, Settlement) {
-        let (opened, reply) = futures_util::join!(
-            self.billing.ledger.open(&owed),
-            self.fleet.chat(permit, body, ctx)
+        // The fleet call first: its request leaves before the ledger's PutItem
+        // is built and signed, so that work overlaps the fleet's answer.
+        let (reply, opened) = futures_util::join!(
+            self.fleet.chat(permit, body, ctx),
+            self.billing.ledger.open(&owed)
         );
         let opened = opened
             .inspect_err(
