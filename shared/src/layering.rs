@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer: a module may import its own layer or lower ones.
-const LAYERS: [(&str, u8); 17] = [
+const LAYERS: [(&str, u8); 18] = [
+    ("background", 0),
     ("bounded", 0),
     ("config", 0),
     ("clock", 0),

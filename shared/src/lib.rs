@@ -29,6 +29,8 @@
 //! **Core** (everything stands on it):
 //! - [`config`]: typed configuration from the environment, failing fast at cold start;
 //! - [`clock`]: Unix time and UTC days;
+//! - [`bounded`]: how the per-instance caller maps make room;
+//! - [`background`]: work a request leaves behind waits for its answer;
 //! - [`observability`]: JSON logs, correlation and trace IDs, EMF metrics;
 //! - [`outbound`]: the one client for outbound HTTP;
 //! - [`problem`]: the error every layer answers clients with, and its RFC 9457
@@ -37,6 +39,7 @@
 
 pub mod auth;
 pub mod aws;
+pub mod background;
 pub mod bounded;
 pub mod clock;
 pub mod config;

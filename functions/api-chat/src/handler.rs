@@ -21,6 +21,7 @@ use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
+use sophia_shared::background::Answering;
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::guard::bulkhead::BulkheadPermit;
 use sophia_shared::guard::known_room::KnownRoom;
@@ -139,6 +140,9 @@ type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// when billing is done (Lambda freezes an instance once its response ends, so
 /// work left to a background task could wait for the next request or never run).
 pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
+    // The answer is in progress until its last byte (the pipeline's own mark
+    // ends when it returns): work the request leaves behind waits until then.
+    let answering = Answering::start();
     let stash: Mutex<Option<SseStream>> = Mutex::new(None);
     let tail: Mutex<Option<Tail>> = Mutex::new(None);
     let (stash_ref, tail_ref) = (&stash, &tail);
@@ -187,6 +191,7 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
     use futures_util::StreamExt;
     let whole = futures_util::stream::once(async move { Ok(Frame::data(bytes)) });
     let after = futures_util::stream::once(async move {
+        drop(answering);
         if let Some(tail) = tail {
             tail.await;
         }

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
+use sophia_shared::background::Answering;
 use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
 use sophia_shared::inference::usage::{Billing, Settlement, Usage};
@@ -30,6 +31,8 @@ pub struct Pump {
     billing: Billing,
     /// Taken when the last event was handed on.
     settlement: Option<Settlement>,
+    /// Ends when the last event was handed on, before billing.
+    answering: Option<Answering>,
     correlation_id: String,
 }
 
@@ -52,6 +55,7 @@ impl Pump {
             wants_usage,
             billing,
             settlement: Some(settlement),
+            answering: Some(Answering::start()),
             correlation_id,
         }
     }
@@ -71,6 +75,7 @@ impl Pump {
             }
             if self.finished {
                 // The caller has every event: bill now (the invocation ends after).
+                self.answering = None;
                 if let Some(mut settlement) = self.settlement.take() {
                     settlement.usage = self.usage;
                     settlement.settle(&self.billing).await;

@@ -12,9 +12,11 @@
 //! 1 s), at most a tenth of the burst and [`MAX_LEASE`], are taken from the
 //! shared bucket at once and admitted here without a round trip within the
 //! lease time. Once half of a lease is used, the next is taken on a task of its
-//! own, so a steady caller never waits for its bucket. Every admission is still
-//! a token taken from the one shared TAT, so the total admitted across instances
-//! never exceeds GCRA's; what a lease changes is *when* a token is used: within
+//! own after the request's answer (or a quarter of the lease time), so a
+//! steady caller never waits for its bucket nor for the refill's write. Every
+//! admission is still a token taken from the one shared TAT, so the total
+//! admitted across instances never exceeds GCRA's; what a lease changes is
+//! *when* a token is used: within
 //! two lease times of being taken, so a window may see up to that much more of
 //! the sustained rate than GCRA alone would allow, and an instance whose caller
 //! stops wastes what it still holds (about one lease time of the caller's own
@@ -345,12 +347,16 @@ impl Limiter {
         use tracing::Instrument;
         let state = self.state.clone();
         let key = key.to_owned();
+        // Half the lease is left to admit from meanwhile; where answers keep
+        // overlapping, the refill goes ahead after a quarter of the lease time
+        // (at most a second).
+        let bound = std::time::Duration::from_micros(self.lease_ttl_us / 4)
+            .min(std::time::Duration::from_secs(1));
         let task = async move {
-            // Background work steps aside: the request that asked for the
-            // refill runs on to its own I/O first (one pass of the scheduler),
-            // so the refill's SDK work overlaps the request's waiting instead
-            // of delaying it. On Lambda's one vCPU the two share a core.
-            tokio::task::yield_now().await;
+            // Background work steps aside: the refill starts once the request
+            // that asked for it has its answer (see `background`), so its SDK
+            // work never delays that answer.
+            crate::background::after_answers(bound).await;
             let now = now_us();
             let known = state.seen.lock().await.get(&key).copied();
             let taken = if decide_n(known, now, rule, take).0.is_none() {
@@ -389,6 +395,15 @@ impl Limiter {
         // A span of its own: a refill may outlive the request, whose span
         // (and trace) must end with it.
         tokio::spawn(task.instrument(tracing::info_span!(parent: None, "rate_limit_refill")));
+    }
+
+    /// How many lease refills are waiting or on the wire (tests, benches).
+    pub fn refills_in_flight(&self) -> usize {
+        self.state
+            .leases()
+            .values()
+            .filter(|lease| lease.refilling)
+            .count()
     }
 
     /// Whether a lease refill for `key` is on the wire (tests, diagnostics).

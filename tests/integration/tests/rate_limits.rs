@@ -223,6 +223,64 @@ async fn a_returning_caller_leases_requests_and_instances_still_share_one_limit(
 }
 
 #[tokio::test]
+async fn a_lease_refill_waits_for_the_answer_in_progress() {
+    use sophia_shared::background::Answering;
+    use sophia_shared::guard::ratelimit::{Limiter, Rule};
+    let aws = local_aws();
+    let stack = aws.provision(&unique_stack("limits-refill"), &[]);
+    let table = stack.env("STATE_TABLE").to_owned();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config().await);
+    // A long lease: a refill waits for the answer at most a second.
+    let limiter =
+        Limiter::new(dynamodb.clone(), table.clone()).with_lease_ttl(Duration::from_secs(600));
+    let rule = Rule {
+        per_minute: 1,
+        burst: 40,
+    };
+    let start_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    // Requests, each its own answer, until one asks for a refill while its
+    // answer is still in progress.
+    let mut answering = None;
+    for _ in 0..20 {
+        let answer = Answering::start();
+        assert!(limiter.check("refill", rule).await.allowed);
+        if limiter.refilling("refill") {
+            answering = Some(answer);
+            break;
+        }
+        drop(answer);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while limiter.refilling("refill") {
+            assert!(Instant::now() < deadline, "a lease refill never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let answering = answering.expect("a returning caller's lease is refilled");
+    let before = minutes_taken(&dynamodb, &table, "refill", start_us).await;
+    // Far less than the wait's one-second bound: the refill has not written.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(limiter.refilling("refill"), "the refill waits");
+    assert_eq!(
+        minutes_taken(&dynamodb, &table, "refill", start_us).await,
+        before,
+        "nothing written while the answer is in progress"
+    );
+    drop(answering);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limiter.refilling("refill") {
+        assert!(Instant::now() < deadline, "the refill never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        minutes_taken(&dynamodb, &table, "refill", start_us).await > before,
+        "the refill took its lease once the answer was complete"
+    );
+}
+
+#[tokio::test]
 async fn floods_of_forged_tokens_are_throttled_too() {
     let aws = local_aws();
     let stack = aws.provision(&unique_stack("limits-forged"), &[]);

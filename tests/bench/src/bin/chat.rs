@@ -51,6 +51,9 @@ const CACHED_ANSWER: &str = r#"{"id":"chatcmpl-cached","object":"chat.completion
 /// AWS calls seen by the responder, by operation (X-Amz-Target).
 static CALLS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+/// Rate-limit writes the responder answered: a lease refill when a round has one.
+static RATE_LIMIT_WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The rate-limit buckets' stored TATs, by partition key.
 static BUCKETS: std::sync::Mutex<Option<HashMap<String, u64>>> = std::sync::Mutex::new(None);
 
@@ -114,6 +117,7 @@ async fn instant_aws() -> String {
             .unwrap_or_default();
         CALLS.lock().unwrap().push(target.rsplit('.').next().unwrap_or_default().to_owned());
         if target.ends_with("UpdateItem") && request.contains("ratelimit#") {
+            RATE_LIMIT_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (status, body) = rate_limit_update(&serde_json::from_str(&request).unwrap());
             return (status, [("content-type", "application/x-amz-json-1.0")], body);
         }
@@ -340,6 +344,7 @@ async fn main() {
         let (mut direct_stream_ms, mut added_over_stream_ms) = (Vec::new(), Vec::new());
         let mut admit_first_over_stream_ms = Vec::new();
         let mut unleased_over_stream_ms = Vec::new();
+        let (mut with_refill_ms, mut without_refill_ms) = (Vec::new(), Vec::new());
         for round in 0..args.rounds + 100 {
             let started = Instant::now();
             let streamed = direct
@@ -367,10 +372,14 @@ async fn main() {
             let direct_elapsed = started.elapsed().as_secs_f64() * 1000.0;
             assert!(reply["usage"].is_object());
 
+            let writes = RATE_LIMIT_WRITES.load(std::sync::atomic::Ordering::Relaxed);
             let (response, handler_elapsed) = handle_timed(&chat, request(&body)).await;
             assert_eq!(response.status(), 200);
+            settle_refills(&chat).await;
+            let refilled = RATE_LIMIT_WRITES.load(std::sync::atomic::Ordering::Relaxed) > writes;
             let (response, admit_first_elapsed) = handle_timed(&admit_first, request(&body)).await;
             assert_eq!(response.status(), 200);
+            settle_refills(&admit_first).await;
             let (response, unleased_elapsed) = handle_timed(&unleased, request(&body)).await;
             assert_eq!(response.status(), 200);
             if round >= 100 {
@@ -381,6 +390,11 @@ async fn main() {
                 added_ms.push(handler_elapsed - direct_elapsed);
                 direct_stream_ms.push(direct_stream_elapsed);
                 added_over_stream_ms.push(handler_elapsed - direct_stream_elapsed);
+                if refilled {
+                    with_refill_ms.push(handler_elapsed - direct_stream_elapsed);
+                } else {
+                    without_refill_ms.push(handler_elapsed - direct_stream_elapsed);
+                }
             }
         }
         let (mut one_call_ms, mut one_lean_call_ms) = (Vec::new(), Vec::new());
@@ -430,6 +444,12 @@ async fn main() {
             "added over the streamed call (paired)",
             &mut added_over_stream_ms,
         );
+        eprintln!(
+            "  of which {} rounds had a rate-limit lease refill:",
+            with_refill_ms.len()
+        );
+        runs.line("  rounds with a lease refill", &mut with_refill_ms);
+        runs.line("  rounds without", &mut without_refill_ms);
         runs.line(
             "same, admission before the fleet call (paired)",
             &mut admit_first_over_stream_ms,
@@ -639,6 +659,20 @@ async fn main() {
     eprintln!(
         "rate-limit decision (GCRA arithmetic, excluding its DynamoDB write): {per_decision:.1} ns each (black-boxed)"
     );
+}
+
+/// Waits (off the clock) until no lease refill of `deps` is waiting or on the
+/// wire, so that none runs into the next round's timings: a refill starts
+/// after the answer, as billing does, and each round pays it before the next.
+async fn settle_refills(deps: &Deps) {
+    let limits = deps.http.limits.as_ref().expect("rate limits configured");
+    for _ in 0..1000 {
+        if limits.limiter.refills_in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+    }
+    panic!("a lease refill did not finish within a second");
 }
 
 /// api-chat's answer and the milliseconds until the caller had all of it: its
