@@ -1,87 +1,159 @@
-//! Work a request leaves behind (a rate-limit lease refill) waits until no
-//! answer is in progress on this instance, within a bound.
+//! Work a request leaves behind (a rate-limit lease refill) and the answer it
+//! must not slow down.
 //!
-//! A Lambda instance serves one request at a time, so "no answer in progress"
-//! is the moment the caller has had the last byte: work started then no longer
-//! competes with the request for the CPU or the scheduler (a refill's SDK call
-//! alongside the request made api-chat's rounds with a refill ~0.3 ms slower at
-//! p50 on 2 cores). Where requests overlap (the local server, tests), the bound
-//! keeps such work from waiting for a quiet moment that never comes.
+//! A handler that sends its answer before the invocation ends (api-chat: the
+//! last byte, then billing) marks the answer in progress ([`Answering`]): such
+//! work waits until the caller has the last byte, so its SDK call no longer
+//! competes with the request for the CPU (a refill beside the request made
+//! api-chat's rounds with one ~0.3 ms slower at p50 on 2 cores); the handler's
+//! post-answer tail then waits for the work ([`finished`]), so the invocation
+//! never ends, and Lambda never freezes the instance, with it on the wire.
 //!
-//! Process-wide on purpose: what it counts is this instance's answers, whichever
-//! handler or client serves them.
+//! Where nothing marks an answer (a buffered response goes out only when the
+//! handler returns, and the invocation ends with it), the work steps aside for
+//! one pass of the scheduler and runs beside the request's own I/O, as before.
+//!
+//! Process-wide on purpose: what it counts is this instance's answers and work,
+//! whichever handler or client serves them. Where requests overlap (the local
+//! server, tests), the bounds keep anything from waiting for a quiet moment
+//! that never comes.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-static IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
-static QUIET: Notify = Notify::const_new();
+/// A count with a wake-up for whoever waits for it to reach zero.
+struct Gauge {
+    count: AtomicUsize,
+    zero: Notify,
+}
 
-/// An answer in progress on this instance, until dropped: held by the HTTP
-/// pipeline while it serves a request, and by a handler whose answer outlives
-/// the pipeline (a body sent after the handler returned) until its last byte.
+impl Gauge {
+    const fn new() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            zero: Notify::const_new(),
+        }
+    }
+
+    fn up(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn down(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether it was zero already; otherwise waits for zero, at most `bound`.
+    async fn wait_for_zero(&self, bound: Duration) -> bool {
+        let zero = self.zero.notified();
+        tokio::pin!(zero);
+        // Registered before the count is read: a last `down` in between still
+        // wakes this.
+        zero.as_mut().enable();
+        if self.is_zero() {
+            return true;
+        }
+        // The bound passing is the other way out, not an error.
+        let _ = tokio::time::timeout(bound, zero).await;
+        false
+    }
+}
+
+static ANSWERS: Gauge = Gauge::new();
+static WORK: Gauge = Gauge::new();
+
+/// An answer in progress on this instance, until dropped (at its last byte).
 #[must_use = "the answer counts as in progress only while this is held"]
 #[derive(Debug)]
 pub struct Answering(());
 
 impl Answering {
     pub fn start() -> Self {
-        IN_PROGRESS.fetch_add(1, Ordering::AcqRel);
+        ANSWERS.up();
         Self(())
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        if IN_PROGRESS.fetch_sub(1, Ordering::AcqRel) == 1 {
-            QUIET.notify_waiters();
-        }
+        ANSWERS.down();
     }
 }
 
-/// Returns once no answer is in progress here, or after `bound`.
-pub async fn after_answers(bound: Duration) {
-    let quiet = QUIET.notified();
-    tokio::pin!(quiet);
-    // Registered before the count is read: a last answer ending in between
-    // still wakes this.
-    quiet.as_mut().enable();
-    if IN_PROGRESS.load(Ordering::Acquire) == 0 {
-        return;
+/// Runs `work` on a task of its own once no answer is in progress here (at
+/// most `bound` later), or after one pass of the scheduler where none is.
+pub fn spawn_after_answers<F>(bound: Duration, work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    WORK.up();
+    let counted = Counted;
+    tokio::spawn(async move {
+        let _counted = counted;
+        if ANSWERS.wait_for_zero(bound).await {
+            // The request that left this work runs on to its own I/O first.
+            tokio::task::yield_now().await;
+        }
+        work.await;
+    });
+}
+
+/// Work spawned by [`spawn_after_answers`], until it ends (or is dropped).
+struct Counted;
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        WORK.down();
     }
-    // The bound passing is the other way out, not an error.
-    let _ = tokio::time::timeout(bound, quiet).await;
+}
+
+/// Returns once no such work is waiting or running here, or after `bound`.
+pub async fn finished(bound: Duration) {
+    WORK.wait_for_zero(bound).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
     #[tokio::test]
-    async fn work_waits_for_the_answer_in_progress() {
+    async fn work_waits_for_the_answer_and_the_answer_s_tail_for_the_work() {
         let answering = Answering::start();
-        let waiting = tokio::spawn(after_answers(Duration::from_secs(60)));
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        spawn_after_answers(Duration::from_secs(60), async move {
+            flag.store(true, Ordering::Release);
+        });
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
-        assert!(!waiting.is_finished(), "an answer is in progress");
+        assert!(!done.load(Ordering::Acquire), "the answer is in progress");
         drop(answering);
-        // Other tests' answers may still be in progress: they end quickly.
-        tokio::time::timeout(Duration::from_secs(30), waiting)
-            .await
-            .expect("the wait ends with the last answer")
-            .expect("the waiting task");
+        // Other tests' answers and work may be in progress too: they end quickly.
+        finished(Duration::from_secs(30)).await;
+        assert!(
+            done.load(Ordering::Acquire),
+            "the work ran once the answer was complete"
+        );
     }
 
     #[tokio::test]
-    async fn the_bound_ends_the_wait() {
+    async fn the_bound_ends_the_wait_for_an_answer() {
         let _answering = Answering::start();
         let started = Instant::now();
-        after_answers(Duration::from_millis(20)).await;
+        assert!(!ANSWERS.wait_for_zero(Duration::from_millis(20)).await);
         assert!(started.elapsed() >= Duration::from_millis(20));
-        assert!(IN_PROGRESS.load(Ordering::Acquire) >= 1, "still answering");
     }
 }

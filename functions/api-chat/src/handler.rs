@@ -21,7 +21,7 @@ use lambda_http::http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use sophia_shared::auth::{Authenticator, SCOPE_CHAT};
 use sophia_shared::aws::AwsSettings;
-use sophia_shared::background::Answering;
+use sophia_shared::background::{self, Answering};
 use sophia_shared::config::{ConfigError, Env};
 use sophia_shared::guard::bulkhead::BulkheadPermit;
 use sophia_shared::guard::known_room::KnownRoom;
@@ -129,6 +129,10 @@ impl Deps {
 
 pub type StreamingBody = StreamBody<SseStream>;
 
+/// How long an answer's tail waits for the work its request left behind (a
+/// lease refill: one DynamoDB write) before the invocation may end anyway.
+pub(crate) const BACKGROUND_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What runs after the caller has the whole answer: billing, the cache entry.
 type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -192,8 +196,14 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
     let whole = futures_util::stream::once(async move { Ok(Frame::data(bytes)) });
     let after = futures_util::stream::once(async move {
         drop(answering);
-        if let Some(tail) = tail {
-            tail.await;
+        // Work the request left (a lease refill) runs now, beside billing;
+        // the invocation ends after both.
+        let work = background::finished(BACKGROUND_WORK_WAIT);
+        match tail {
+            Some(tail) => {
+                futures_util::join!(tail, work);
+            }
+            None => work.await,
         }
     })
     .filter_map(|()| async { None });

@@ -10,7 +10,9 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
-use sophia_shared::background::Answering;
+use sophia_shared::background::{self, Answering};
+
+use crate::handler::BACKGROUND_WORK_WAIT;
 use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
 use sophia_shared::inference::usage::{Billing, Settlement, Usage};
@@ -74,11 +76,16 @@ impl Pump {
                 return Some(frame);
             }
             if self.finished {
-                // The caller has every event: bill now (the invocation ends after).
+                // The caller has every event: bill now, beside the work the
+                // request left (a lease refill); the invocation ends after both.
                 self.answering = None;
-                if let Some(mut settlement) = self.settlement.take() {
-                    settlement.usage = self.usage;
-                    settlement.settle(&self.billing).await;
+                let work = background::finished(BACKGROUND_WORK_WAIT);
+                match self.settlement.take() {
+                    Some(mut settlement) => {
+                        settlement.usage = self.usage;
+                        futures_util::join!(settlement.settle(&self.billing), work);
+                    }
+                    None => work.await,
                 }
                 return None;
             }

@@ -12,8 +12,9 @@
 //! 1 s), at most a tenth of the burst and [`MAX_LEASE`], are taken from the
 //! shared bucket at once and admitted here without a round trip within the
 //! lease time. Once half of a lease is used, the next is taken on a task of its
-//! own after the request's answer (or a quarter of the lease time), so a
-//! steady caller never waits for its bucket nor for the refill's write. Every
+//! own, after the request's answer where the handler marks it (api-chat; see
+//! `background`), so a steady caller waits neither for its bucket nor for the
+//! refill's write. Every
 //! admission is still a token taken from the one shared TAT, so the total
 //! admitted across instances never exceeds GCRA's; what a lease changes is
 //! *when* a token is used: within
@@ -353,10 +354,6 @@ impl Limiter {
         let bound = std::time::Duration::from_micros(self.lease_ttl_us / 4)
             .min(std::time::Duration::from_secs(1));
         let task = async move {
-            // Background work steps aside: the refill starts once the request
-            // that asked for it has its answer (see `background`), so its SDK
-            // work never delays that answer.
-            crate::background::after_answers(bound).await;
             let now = now_us();
             let known = state.seen.lock().await.get(&key).copied();
             let taken = if decide_n(known, now, rule, take).0.is_none() {
@@ -392,9 +389,15 @@ impl Limiter {
                 }
             }
         };
-        // A span of its own: a refill may outlive the request, whose span
-        // (and trace) must end with it.
-        tokio::spawn(task.instrument(tracing::info_span!(parent: None, "rate_limit_refill")));
+        // Background work steps aside: it starts once the request that asked
+        // for it has its answer where the handler marks it, else after one
+        // pass of the scheduler (see `background`). A span of its own: a
+        // refill may outlive the request, whose span (and trace) must end
+        // with it.
+        crate::background::spawn_after_answers(
+            bound,
+            task.instrument(tracing::info_span!(parent: None, "rate_limit_refill")),
+        );
     }
 
     /// How many lease refills are waiting or on the wire (tests, benches).

@@ -80,8 +80,6 @@ where
     Fut: Future<Output = Result<Response<Body>, ApiError>>,
 {
     let started = Instant::now();
-    // Until the answer is built, work the request leaves behind waits.
-    let answering = crate::background::Answering::start();
     let lambda = request.lambda_context_ref();
     let request_id = lambda
         .map(|context| context.request_id.clone())
@@ -145,7 +143,6 @@ where
         request_outcome(policy, template, status, latency_ms)
             .property("correlation_id", correlation_id.as_str())
             .emit();
-        drop(answering);
         response
     }
     .instrument(span)

@@ -345,3 +345,43 @@ async fn chat_rate_limits_alongside_the_quota_refuse_malformed_requests_too_and_
         "the refused valid request's reservation was given back"
     );
 }
+
+#[tokio::test]
+async fn a_chat_answer_ends_only_after_the_lease_refill_it_asked_for() {
+    use harness::chat::{PATH, completion, setup, streamed};
+    use http_body_util::BodyExt;
+    let s = setup(1, &[]).await;
+    let limits = s.deps.http.limits.clone().expect("rate limits configured");
+    let mut refills_after_the_last_byte = 0;
+    for round in 0..40 {
+        let body = if round % 2 == 0 {
+            completion("refill")
+        } else {
+            streamed("refill")
+        };
+        let request = s.deps.authorize(json_request("POST", PATH, &body, None));
+        let response = api_chat::handler::handle(&s.deps, request).await;
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut text = Vec::new();
+        // The answer's last byte: a whole answer's one frame, a stream's [DONE].
+        while !text.ends_with(b"}") && !text.ends_with(b"data: [DONE]\n\n") {
+            let frame = body.frame().await.expect("a frame").unwrap();
+            text.extend_from_slice(&frame.into_data().unwrap());
+        }
+        if limits.limiter.refills_in_flight() > 0 {
+            refills_after_the_last_byte += 1;
+        }
+        // What is left of the body is the invocation's tail: billing and the refill.
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+        assert_eq!(
+            limits.limiter.refills_in_flight(),
+            0,
+            "round {round}: the invocation ended with a refill on the wire"
+        );
+    }
+    assert!(
+        refills_after_the_last_byte > 0,
+        "a returning caller's leases are refilled after its answers"
+    );
+}
