@@ -129,7 +129,7 @@ mod tests {
     use std::time::Instant;
 
     #[tokio::test]
-    async fn work_waits_for_the_answer_and_the_answer_s_tail_for_the_work() {
+    async fn work_waits_for_the_answer_and_the_tail_for_the_work() {
         let answering = Answering::start();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();

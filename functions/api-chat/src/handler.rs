@@ -144,8 +144,8 @@ type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// when billing is done (Lambda freezes an instance once its response ends, so
 /// work left to a background task could wait for the next request or never run).
 pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
-    // The answer is in progress until its last byte (the pipeline's own mark
-    // ends when it returns): work the request leaves behind waits until then.
+    // The answer is in progress until its last byte: work the request leaves
+    // behind (a lease refill) waits until then.
     let answering = Answering::start();
     let stash: Mutex<Option<SseStream>> = Mutex::new(None);
     let tail: Mutex<Option<Tail>> = Mutex::new(None);

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
 use sophia_shared::background::{self, Answering};
-
-use crate::handler::BACKGROUND_WORK_WAIT;
 use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
 use sophia_shared::inference::usage::{Billing, Settlement, Usage};
+
+use crate::handler::BACKGROUND_WORK_WAIT;
 
 pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 

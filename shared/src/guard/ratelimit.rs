@@ -14,15 +14,13 @@
 //! lease time. Once half of a lease is used, the next is taken on a task of its
 //! own, after the request's answer where the handler marks it (api-chat; see
 //! `background`), so a steady caller waits neither for its bucket nor for the
-//! refill's write. Every
-//! admission is still a token taken from the one shared TAT, so the total
-//! admitted across instances never exceeds GCRA's; what a lease changes is
-//! *when* a token is used: within
-//! two lease times of being taken, so a window may see up to that much more of
-//! the sustained rate than GCRA alone would allow, and an instance whose caller
-//! stops wastes what it still holds (about one lease time of the caller's own
-//! rate). Near the limit, where a lease no longer fits, every request writes
-//! alone, as without leases.
+//! refill's write. Every admission is still a token taken from the one shared
+//! TAT, so the total admitted across instances never exceeds GCRA's; what a
+//! lease changes is *when* a token is used: within two lease times of being
+//! taken, so a window may see up to that much more of the sustained rate than
+//! GCRA alone would allow, and an instance whose caller stops wastes what it
+//! still holds (about one lease time of the caller's own rate). Near the limit,
+//! where a lease no longer fits, every request writes alone, as without leases.
 //!
 //! When DynamoDB cannot be reached the limiter fails open (logged): a limiter
 //! outage must not become an API outage.
