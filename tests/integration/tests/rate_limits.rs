@@ -145,6 +145,15 @@ async fn minutes_taken(
     (tat - start_us + 30_000_000) / 60_000_000
 }
 
+/// Waits until no lease refill for `key` is waiting or on the wire.
+async fn refilled(limiter: &sophia_shared::guard::ratelimit::Limiter, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limiter.refilling(key) {
+        assert!(Instant::now() < deadline, "a lease refill never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_returning_caller_leases_requests_and_instances_still_share_one_limit() {
     use sophia_shared::guard::ratelimit::{Limiter, Rule};
@@ -166,13 +175,7 @@ async fn a_returning_caller_leases_requests_and_instances_still_share_one_limit(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
-    let settled = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while a.refilling("lease") {
-            assert!(Instant::now() < deadline, "a lease refill never ended");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let settled = || refilled(&a, "lease");
     // A first request writes one.
     assert!(a.check("lease", rule).await.allowed);
     assert_eq!(minutes_taken(&dynamodb, &table, "lease", start_us).await, 1);
@@ -252,11 +255,7 @@ async fn a_lease_refill_waits_for_the_answer_in_progress() {
             break;
         }
         drop(answer);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while limiter.refilling("refill") {
-            assert!(Instant::now() < deadline, "a lease refill never ended");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        refilled(&limiter, "refill").await;
     }
     let answering = answering.expect("a returning caller's lease is refilled");
     let before = minutes_taken(&dynamodb, &table, "refill", start_us).await;
@@ -269,11 +268,7 @@ async fn a_lease_refill_waits_for_the_answer_in_progress() {
         "nothing written while the answer is in progress"
     );
     drop(answering);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while limiter.refilling("refill") {
-        assert!(Instant::now() < deadline, "the refill never ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refilled(&limiter, "refill").await;
     assert!(
         minutes_taken(&dynamodb, &table, "refill", start_us).await > before,
         "the refill took its lease once the answer was complete"
