@@ -6,8 +6,9 @@
 //! work waits until the caller has the last byte, so its SDK call no longer
 //! competes with the request for the CPU (a refill beside the request made
 //! api-chat's rounds with one ~0.3 ms slower at p50 on 2 cores); the handler's
-//! post-answer tail then waits for the work ([`finished`]), so the invocation
-//! never ends, and Lambda never freezes the instance, with it on the wire.
+//! post-answer tail then waits for the work ([`tail_beside_work`]), so the
+//! invocation never ends, and Lambda never freezes the instance, with it on the
+//! wire.
 //!
 //! Where nothing marks an answer (a buffered response goes out only when the
 //! handler returns, and the invocation ends with it), the work steps aside for
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A count with a wake-up for whoever waits for it to reach zero.
+#[derive(Debug)]
 struct Gauge {
     count: AtomicUsize,
     zero: Notify,
@@ -38,14 +40,10 @@ impl Gauge {
         }
     }
 
-    fn up(&self) {
+    /// One more, until the returned guard is dropped.
+    fn hold(&'static self) -> Held {
         self.count.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn down(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.zero.notify_waiters();
-        }
+        Held(self)
     }
 
     fn is_zero(&self) -> bool {
@@ -56,8 +54,8 @@ impl Gauge {
     async fn wait_for_zero(&self, bound: Duration) -> bool {
         let zero = self.zero.notified();
         tokio::pin!(zero);
-        // Registered before the count is read: a last `down` in between still
-        // wakes this.
+        // Registered before the count is read: a last count given back in
+        // between still wakes this.
         zero.as_mut().enable();
         if self.is_zero() {
             return true;
@@ -68,24 +66,37 @@ impl Gauge {
     }
 }
 
+/// One count of a [`Gauge`], given back when dropped.
+#[derive(Debug)]
+struct Held(&'static Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
 static ANSWERS: Gauge = Gauge::new();
 static WORK: Gauge = Gauge::new();
+
+/// How long an answer's tail waits for the work its request left behind (a
+/// lease refill: one DynamoDB write) before the invocation may end anyway.
+const WORK_WAIT: Duration = Duration::from_secs(1);
 
 /// An answer in progress on this instance, until dropped (at its last byte).
 #[must_use = "the answer counts as in progress only while this is held"]
 #[derive(Debug)]
-pub struct Answering(());
+pub struct Answering {
+    _held: Held,
+}
 
 impl Answering {
     pub fn start() -> Self {
-        ANSWERS.up();
-        Self(())
-    }
-}
-
-impl Drop for Answering {
-    fn drop(&mut self) {
-        ANSWERS.down();
+        Self {
+            _held: ANSWERS.hold(),
+        }
     }
 }
 
@@ -95,8 +106,7 @@ pub fn spawn_after_answers<F>(bound: Duration, work: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    WORK.up();
-    let counted = Counted;
+    let counted = WORK.hold();
     tokio::spawn(async move {
         let _counted = counted;
         if ANSWERS.wait_for_zero(bound).await {
@@ -107,18 +117,11 @@ where
     });
 }
 
-/// Work spawned by [`spawn_after_answers`], until it ends (or is dropped).
-struct Counted;
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        WORK.down();
-    }
-}
-
-/// Returns once no such work is waiting or running here, or after `bound`.
-pub async fn finished(bound: Duration) {
-    WORK.wait_for_zero(bound).await;
+/// An answer's tail (billing, once the caller has the last byte) beside the
+/// work its request left: returns when both are done, the work waited for at
+/// most a second, so the invocation ends after them.
+pub async fn tail_beside_work(tail: impl Future<Output = ()>) {
+    futures_util::join!(tail, WORK.wait_for_zero(WORK_WAIT));
 }
 
 #[cfg(test)]
@@ -142,7 +145,7 @@ mod tests {
         assert!(!done.load(Ordering::Acquire), "the answer is in progress");
         drop(answering);
         // Other tests' answers and work may be in progress too: they end quickly.
-        finished(Duration::from_secs(30)).await;
+        WORK.wait_for_zero(Duration::from_secs(30)).await;
         assert!(
             done.load(Ordering::Acquire),
             "the work ran once the answer was complete"

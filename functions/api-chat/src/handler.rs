@@ -129,10 +129,6 @@ impl Deps {
 
 pub type StreamingBody = StreamBody<SseStream>;
 
-/// How long an answer's tail waits for the work its request left behind (a
-/// lease refill: one DynamoDB write) before the invocation may end anyway.
-pub(crate) const BACKGROUND_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// What runs after the caller has the whole answer: billing, the cache entry.
 type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -198,13 +194,12 @@ pub async fn handle(deps: &Deps, request: Request) -> Response<StreamingBody> {
         drop(answering);
         // Work the request left (a lease refill) runs now, beside billing;
         // the invocation ends after both.
-        let work = background::finished(BACKGROUND_WORK_WAIT);
-        match tail {
-            Some(tail) => {
-                futures_util::join!(tail, work);
+        background::tail_beside_work(async move {
+            if let Some(tail) = tail {
+                tail.await;
             }
-            None => work.await,
-        }
+        })
+        .await;
     })
     .filter_map(|()| async { None });
     Response::from_parts(parts, StreamBody::new(Box::pin(whole.chain(after))))

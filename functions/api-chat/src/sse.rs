@@ -15,8 +15,6 @@ use sophia_shared::fleet::sse::SseFramer;
 use sophia_shared::fleet::stream::{FleetStream, StreamBreak};
 use sophia_shared::inference::usage::{Billing, Settlement, Usage};
 
-use crate::handler::BACKGROUND_WORK_WAIT;
-
 pub type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 
 /// Re-frames the upstream bytes into whole SSE events, collects usage, strips the
@@ -79,14 +77,15 @@ impl Pump {
                 // The caller has every event: bill now, beside the work the
                 // request left (a lease refill); the invocation ends after both.
                 self.answering = None;
-                let work = background::finished(BACKGROUND_WORK_WAIT);
-                match self.settlement.take() {
-                    Some(mut settlement) => {
-                        settlement.usage = self.usage;
-                        futures_util::join!(settlement.settle(&self.billing), work);
+                let settlement = self.settlement.take();
+                let (usage, billing) = (self.usage, &self.billing);
+                background::tail_beside_work(async move {
+                    if let Some(mut settlement) = settlement {
+                        settlement.usage = usage;
+                        settlement.settle(billing).await;
                     }
-                    None => work.await,
-                }
+                })
+                .await;
                 return None;
             }
             match self.upstream.next_chunk().await {
