@@ -508,7 +508,6 @@ async fn stream(
             return Err(error.to_api_error());
         }
     };
-    tracing::info!(endpoint = %upstream.endpoint, "chat stream started");
     let pump = Pump::new(
         upstream,
         chat.wants_stream_usage(),

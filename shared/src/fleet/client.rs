@@ -362,6 +362,11 @@ impl FleetClient {
                 let outcome = self.attempt_with_credentials(state, ctx, &attempt).await;
                 match outcome {
                     Ok(value) => {
+                        // Each attempt has its line ("fleet attempt"); a failover
+                        // also gets one that says what it went past.
+                        if !failures.is_empty() {
+                            tracing::info!(endpoint = %name, attempts, failures = %describe(&failures), "fleet call answered after failover");
+                        }
                         return Ok(Won {
                             value,
                             endpoint: name.clone(),

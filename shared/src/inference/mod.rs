@@ -25,6 +25,7 @@ pub mod usage_rows;
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Env;
@@ -44,7 +45,7 @@ use usage::{Billing, Settlement, Usage};
 
 /// The usage an answer reports (none reported: nothing billed but the request).
 fn answered_usage(reply: &FleetReply) -> Usage {
-    serde_json::from_value(reply.body["usage"].clone()).unwrap_or_default()
+    Usage::deserialize(&reply.body["usage"]).unwrap_or_default()
 }
 
 /// Everything inference needs, built once per cold start.
@@ -120,7 +121,6 @@ impl Inference {
         ctx: &RequestContext,
     ) -> Result<FleetReply, FleetError> {
         let reply = self.fleet.chat(permit, body, ctx).await?;
-        tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
         self.billing
             .account(tenant, model, &answered_usage(&reply))
             .await;
@@ -149,9 +149,6 @@ impl Inference {
                 |error| tracing::error!(%error, "opening the ledger entry failed; billing inline"),
             )
             .is_ok();
-        if let Ok(reply) = &reply {
-            tracing::info!(endpoint = %reply.endpoint, attempts = reply.attempts, "chat completion answered");
-        }
         let usage = reply.as_ref().ok().map(answered_usage);
         (
             reply,
