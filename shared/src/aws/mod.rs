@@ -110,21 +110,50 @@ mod tests {
         assert!(settings.attempt_timeout <= settings.operation_timeout);
     }
 
+    /// Why the SDK's stalled-stream check can be off: a response whose body
+    /// stops mid-way fails within the attempt timeout.
     #[tokio::test]
-    async fn a_stalled_response_is_bounded_by_the_attempt_timeout() {
-        let settings = AwsSettings::from_env(&Env::new(&[("X", "1")])).unwrap();
+    async fn a_response_that_stalls_mid_body_fails_within_the_attempt_timeout() {
+        use std::io::{Read, Write};
+        // A local stand-in for DynamoDB (no AWS server stalls on request): the
+        // headers and one byte of a 100-byte body, then silence for 30 s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let _ = socket.read(&mut [0u8; 8192]);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 100\r\n\r\n{")
+                .unwrap();
+            let _ = stop.recv_timeout(Duration::from_secs(30));
+        });
+        let settings = AwsSettings {
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_millis(200),
+            operation_timeout: Duration::from_secs(1),
+            max_attempts: 1,
+        };
         let sdk = configure(aws_config::defaults(BehaviorVersion::latest()), settings)
+            .endpoint_url(format!("http://{address}"))
             .region(aws_config::Region::new("us-east-1"))
             .test_credentials()
             .load()
             .await;
-        let stalled = sdk.stalled_stream_protection().unwrap();
-        assert!(!stalled.is_enabled());
-        let timeouts = sdk.timeout_config().unwrap();
-        assert_eq!(
-            timeouts.operation_attempt_timeout(),
-            Some(settings.attempt_timeout)
-        );
+        assert!(!sdk.stalled_stream_protection().unwrap().is_enabled());
+        let started = std::time::Instant::now();
+        let read = aws_sdk_dynamodb::Client::new(&sdk)
+            .get_item()
+            .table_name("stalls")
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("k".into()))
+            .send()
+            .await;
+        let waited = started.elapsed();
+        drop(done);
+        server.join().unwrap();
+        assert!(read.is_err());
+        // Bounded by the 200 ms attempt, far from the 30 s stall.
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
     }
 
     #[test]

@@ -187,6 +187,7 @@ async fn deps(fleet: &str, dynamodb: &str, extra: &[(&str, &str)]) -> Deps {
 /// The SDK configuration the functions run with (`aws::configure`: timeouts,
 /// retries, no stalled-stream check), pointed at the responder.
 async fn sdk_config(dynamodb: &str) -> aws_config::SdkConfig {
+    // No AWS_* variable set: the functions' defaults.
     let settings = AwsSettings::from_env(&Env::new(&[("X", "1")])).unwrap();
     configure(aws_config::defaults(BehaviorVersion::latest()), settings)
         .endpoint_url(dynamodb)
