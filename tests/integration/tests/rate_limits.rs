@@ -124,6 +124,14 @@ async fn concurrent_requests_under_the_limit_are_all_admitted() {
     assert_eq!(more.iter().filter(|d| d.allowed).count(), 2, "{more:?}");
 }
 
+/// Now, in the limiter's unit (Unix microseconds): where [`minutes_taken`] counts from.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
 /// The stored TAT of `key`, in whole intervals of one minute past `start_us`.
 async fn minutes_taken(
     dynamodb: &aws_sdk_dynamodb::Client,
@@ -171,10 +179,7 @@ async fn a_returning_caller_leases_requests_and_instances_still_share_one_limit(
         burst: 40,
     };
     assert_eq!(rule.lease(), 4);
-    let start_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64;
+    let start_us = now_us();
     let settled = || refilled(&a, "lease");
     // A first request writes one.
     assert!(a.check("lease", rule).await.allowed);
@@ -240,10 +245,7 @@ async fn a_lease_refill_waits_for_the_answer_in_progress() {
         per_minute: 1,
         burst: 40,
     };
-    let start_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64;
+    let start_us = now_us();
     // Requests, each its own answer, until one asks for a refill while its
     // answer is still in progress.
     let mut answering = None;
