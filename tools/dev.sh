@@ -74,9 +74,22 @@ cleanup() {
   fi
   printf 'stopped.\n'
 }
+# The signal traps run the cleanup themselves rather than `exit` into the EXIT
+# trap. make passes TERM on to this script right after the group's own TERM; a
+# second signal arriving between the first trap's `exit` and the EXIT trap's
+# first line ran `exit` again inside bash's exit path, which then skipped the
+# EXIT trap and left every part running (2 of 100 stops in a loop of TERMs to
+# the group; CI saw it once). A signal arriving before stop_and_exit's first line
+# only nests another stop_and_exit; once `trap '' INT TERM` has run, none does,
+# so the cleanup runs once and to its end (0 of 450 in the same loop).
+stop_and_exit() { # exit status
+  trap '' INT TERM
+  cleanup
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'stop_and_exit 130' INT
+trap 'stop_and_exit 143' TERM
 
 start() { # name, log file, command...
   local name=$1 log=$2; shift 2
@@ -101,7 +114,7 @@ orphaned() {
 stop_if_orphaned() {
   if orphaned; then
     printf 'the process that started this stack (pid %s) is gone: stopping\n' "$parent" >&2
-    exit 143
+    stop_and_exit 143
   fi
 }
 
