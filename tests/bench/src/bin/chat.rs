@@ -188,7 +188,8 @@ async fn deps(fleet: &str, dynamodb: &str, extra: &[(&str, &str)]) -> Deps {
 /// retries, no stalled-stream check), pointed at the responder.
 async fn sdk_config(dynamodb: &str) -> aws_config::SdkConfig {
     // No AWS_* variable set: the functions' defaults.
-    let settings = AwsSettings::from_env(&Env::new(&[("X", "1")])).unwrap();
+    let no_variables: [(&str, &str); 0] = [];
+    let settings = AwsSettings::from_env(&Env::new(&no_variables)).unwrap();
     configure(aws_config::defaults(BehaviorVersion::latest()), settings)
         .endpoint_url(dynamodb)
         .region(Region::new("us-east-1"))
